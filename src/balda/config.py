@@ -1,0 +1,457 @@
+"""Run configuration: plain dataclasses, loaded from YAML with ``key=value`` overrides.
+
+A config file is a YAML mapping whose keys mirror :class:`Config`. A file may start from another
+with ``_base_: other.yaml`` (path relative to the file); its keys are merged recursively over the
+base. Overrides on the command line use dotted keys: ``train.iters=2000 method.name=self_training``;
+values are parsed as YAML (``[512, 512]``, ``null``, ``1e-4``).
+
+Validation is strict: an unknown key, a value of the wrong type or a choice outside its ``Literal``
+set raises :class:`ConfigError` naming the dotted key and the file it came from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+# --------------------------------------------------------------------------------------------- data
+@dataclass
+class DatasetConfig:
+    """One dataset split on disk (formats in specs/datasets.md)."""
+
+    kind: Literal["cityscapes", "gta5", "synthia"] = "cityscapes"
+    root: str = ""
+    split: str = "train"
+    #: Resize images (bilinear) and labels (nearest) to [height, width] before cropping; null keeps size.
+    resize: Optional[list[int]] = None
+    #: Whether labels are read (a target train split is unlabelled for UDA, labelled for the oracle).
+    labelled: bool = True
+    #: Use only the first N items (sorted), for quick runs.
+    max_items: Optional[int] = None
+    #: What to do with an unreadable image/label pair: raise naming the file, or skip it with a warning.
+    on_error: Literal["raise", "skip"] = "raise"
+
+
+@dataclass
+class RCSConfig:
+    """Rare Class Sampling on the source (specs/baselines.md, DAFormer)."""
+
+    enabled: bool = False
+    temperature: float = 0.01
+    min_pixels: int = 3000
+    #: Crop re-draws until the crop holds enough pixels of the sampled class.
+    max_crop_attempts: int = 10
+    #: A crop "holds enough" pixels of the class when it holds at least this many (scaled to crop area).
+    min_crop_pixels: int = 3000
+
+
+@dataclass
+class DataConfig:
+    source: DatasetConfig = field(default_factory=lambda: DatasetConfig(kind="gta5"))
+    target: DatasetConfig = field(default_factory=lambda: DatasetConfig(kind="cityscapes", labelled=False))
+    val: DatasetConfig = field(default_factory=lambda: DatasetConfig(kind="cityscapes", split="val"))
+    #: Random crop [height, width] applied after resizing (pad value 255 for labels, 0 for images).
+    crop: list[int] = field(default_factory=lambda: [512, 512])
+    #: Maximum share of one class in a crop (DAFormer uses 0.75); 1.0 disables the re-draw.
+    cat_max_ratio: float = 0.75
+    flip: float = 0.5
+    #: Photometric jitter of source/target images (brightness, contrast, saturation, hue strength); 0 = off.
+    jitter: float = 0.0
+    batch_source: int = 2
+    batch_target: int = 2
+    num_workers: int = 2
+    mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    rcs: RCSConfig = field(default_factory=RCSConfig)
+
+
+# -------------------------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    name: Literal["deeplabv2", "daformer", "small"] = "deeplabv2"
+    #: resnet18/34/50/101 for deeplabv2; mit_b0..mit_b5 for daformer; ignored by small.
+    backbone: str = "resnet101"
+    num_classes: int = 19
+    #: Local path of ImageNet weights for the backbone (nothing is downloaded); null = random init.
+    pretrained: Optional[str] = None
+    #: Keep BatchNorm statistics and affine parameters of the backbone frozen (DeepLabV2 recipe).
+    freeze_bn: bool = False
+    #: Width multiplier of the small CPU model.
+    width: int = 32
+    sync_bn: bool = False
+
+
+# ----------------------------------------------------------------------------------------- optimise
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    #: Polynomial decay power (lr = base * (1 - it/iters)^power after warm-up).
+    power: float = 0.9
+    warmup_iters: int = 0
+    warmup_ratio: float = 1e-6
+    #: Learning-rate multiplier of the decode head (DAFormer: 10).
+    head_lr_mult: float = 1.0
+    #: No weight decay on norm layers and position embeddings (DAFormer recipe).
+    no_decay_norm: bool = False
+    #: Clip the global gradient norm to this value; null = off.
+    grad_clip: Optional[float] = None
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 40000
+    seed: int = 0
+    device: str = "auto"
+    amp: Literal["none", "fp16", "bf16"] = "none"
+    channels_last: bool = False
+    log_every: int = 50
+    eval_every: int = 4000
+    ckpt_every: int = 2000
+    #: Number of periodic checkpoints kept besides ``last.pt`` and ``best.pt``.
+    keep_ckpts: int = 2
+    #: On a non-finite loss: stop with an error, or skip the step (weights untouched) and go on.
+    nan_policy: Literal["raise", "skip"] = "raise"
+    #: Give up after this many consecutive skipped steps.
+    max_skipped: int = 20
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class EvalConfig:
+    mode: Literal["whole", "slide"] = "whole"
+    #: For ``whole``: resize the image to [h, w] for inference (logits are upsampled to label size).
+    size: Optional[list[int]] = None
+    crop: list[int] = field(default_factory=lambda: [512, 512])
+    stride: list[int] = field(default_factory=lambda: [341, 341])
+    view: Literal["19", "16", "13"] = "19"
+    batch_size: int = 1
+    max_images: Optional[int] = None
+    #: Number of rarest target classes whose mean recall is reported (``rare_recall``).
+    rare_k: int = 6
+
+
+# ------------------------------------------------------------------------------------------ methods
+@dataclass
+class SelfTrainingConfig:
+    """Mean-teacher self-training with ClassMix (DACS / DAFormer), specs/baselines.md."""
+
+    ema_alpha: float = 0.999
+    pseudo_threshold: float = 0.968
+    #: Ignore the top/bottom rows of the pseudo-label (DAFormer: 15 / 120 on 512 crops).
+    ignore_top: int = 0
+    ignore_bottom: int = 0
+    mix: Literal["classmix", "none"] = "classmix"
+    color_jitter_strength: float = 0.2
+    color_jitter_p: float = 0.2
+    blur: bool = True
+    lambda_target: float = 1.0
+    #: ImageNet feature distance (DAFormer); active when ``imnet_model`` is a weights path.
+    fdist_lambda: float = 0.005
+    fdist_classes: list[int] = field(default_factory=lambda: [6, 7, 11, 12, 13, 14, 15, 16, 17, 18])
+    fdist_scale_min_ratio: float = 0.75
+    imnet_model: Optional[str] = None
+
+
+@dataclass
+class AdversarialConfig:
+    """Output-space adversarial alignment (AdaptSegNet on softmax, AdvEnt on self-information)."""
+
+    input: Literal["entropy", "softmax"] = "entropy"
+    gan: Literal["bce", "lsgan"] = "bce"
+    lambda_adv: float = 0.001
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    ndf: int = 64
+    #: Add MinEnt on the target besides the adversarial loss (AdvEnt "AdvEnt+MinEnt"); 0 = off.
+    lambda_ent: float = 0.0
+
+
+@dataclass
+class MinEntConfig:
+    lambda_ent: float = 0.001
+
+
+@dataclass
+class CPSLConfig:
+    """Class-balanced pixel-level self-labeling (specs/cpsl.md)."""
+
+    #: Folder written by ``balda cpsl prepare`` (soft pseudo-labels, prior, prototypes).
+    prepared: Optional[str] = None
+    tau: float = 0.08
+    epsilon: float = 0.05
+    sinkhorn_iters: int = 3
+    bank_size: int = 65536
+    samples_per_image: int = 256
+    ema_alpha: float = 0.999
+    proto_ema: float = 0.999
+    threshold: float = 0.0
+    lambda_ce: float = 0.1
+    lambda_rce: float = 1.0
+    lambda_con: float = 5.0
+    lambda_sl: float = 0.1
+    cutmix_p: float = 0.5
+    #: Downsampling factor of the stored soft pseudo-labels.
+    pseudo_stride: int = 4
+
+
+@dataclass
+class MethodConfig:
+    name: Literal["source_only", "oracle", "self_training", "adversarial", "minent", "cpsl"] = "source_only"
+    self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    minent: MinEntConfig = field(default_factory=MinEntConfig)
+    cpsl: CPSLConfig = field(default_factory=CPSLConfig)
+
+
+# ---------------------------------------------------------------------------------------- balancing
+@dataclass
+class GBWConfig:
+    """Gradient-based class weighting (specs/gbw.md)."""
+
+    mode: Literal["faithful", "scale_free"] = "faithful"
+    #: QP regulariser: absolute in ``faithful`` mode, relative to mean g^2 in ``scale_free`` mode.
+    lam: float = 1.0
+    #: EMA momentum of the weights across iterations (0 = per-batch weights, as released).
+    ema: float = 0.0
+
+
+@dataclass
+class GHConfig:
+    """Gradient harmonization (specs/gh.md)."""
+
+    #: Harmonic range k of GH++ (beta = k * beta_max).
+    harmonic_range: float = 0.5
+    #: Parameters over which the conflict is measured: all shared, or the decode head only.
+    params: Literal["all", "decoder"] = "all"
+    #: Which group GH++ up-weights (the first argument of its formula).
+    first: Literal["alignment", "task"] = "alignment"
+
+
+@dataclass
+class BalancingConfig:
+    class_weights: Literal["none", "gbw", "inverse_freq", "class_balanced"] = "none"
+    #: Loss terms that class weights apply to: source CE, target (pseudo/mixed) CE, labelled target CE.
+    apply_to: list[str] = field(default_factory=lambda: ["source", "target", "active"])
+    gbw: GBWConfig = field(default_factory=GBWConfig)
+    #: beta of the effective-number weights (Cui et al. 2019).
+    cb_beta: float = 0.9999
+    combiner: Literal["sum", "gh", "gh++", "gh++exact", "pcgrad"] = "sum"
+    gh: GHConfig = field(default_factory=GHConfig)
+
+
+# ------------------------------------------------------------------------------------------- active
+@dataclass
+class CBDAConfig:
+    class_balance: bool = True
+    dynamic: bool = True
+    alpha: float = 0.5
+    clip: list[float] = field(default_factory=lambda: [0.2, 5.0])
+    weights: Literal["power", "median_freq", "effective_number"] = "power"
+    #: Candidates extracted per image, as a multiple of the uniform per-image share.
+    candidates_factor: float = 4.0
+
+
+@dataclass
+class ActiveConfig:
+    enabled: bool = False
+    selection: Literal["ripu", "cbda"] = "ripu"
+    mode: Literal["region", "pixel"] = "region"
+    #: Total budget: fraction of target pixels (region mode) or pixels per image (pixel mode, if >= 1).
+    budget: float = 0.022
+    #: Rounds at these fractions of training.
+    rounds: list[float] = field(default_factory=lambda: [0.25, 0.3, 0.35, 0.4, 0.45])
+    radius: int = 1
+    pixel_radius: int = 32
+    #: Where acquired masks are written (default: <run>/active).
+    out: Optional[str] = None
+    lambda_labelled: float = 1.0
+    lambda_negative: float = 1.0
+    lambda_consistency: float = 0.1
+    cbda: CBDAConfig = field(default_factory=CBDAConfig)
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    balancing: BalancingConfig = field(default_factory=BalancingConfig)
+    active: ActiveConfig = field(default_factory=ActiveConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+# ------------------------------------------------------------------------------------------ loading
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return the (possibly converted) value."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    where = f"{key!r}" + (f" in {source}" if source else "")
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[-1] if errors else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return _from_dict(tp, value, key, source)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "", source: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            close = [n for n in names if n.startswith(str(k)[:3])]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown config key {key!r}" + (f" in {source}" if source else "") + hint
+                              + f"; valid keys here: {sorted(names)}")
+        kwargs[k] = _coerce(v, hints[k], key, source)
+    default = cls()
+    for f in dataclasses.fields(cls):
+        if f.name not in kwargs:
+            kwargs[f.name] = getattr(default, f.name)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple = ()) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config {path} includes itself through _base_")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at top level")
+    base = data.pop("_base_", None)
+    if base is not None:
+        bases = base if isinstance(base, list) else [base]
+        merged: dict = {}
+        for b in bases:
+            merged = _merge(merged, _read_yaml(path.parent / b, seen + (path.resolve(),)))
+        data = _merge(merged, data)
+    return data
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """Turn ``["a.b=1", "c=[1, 2]"]`` into a nested dict; values are parsed as YAML."""
+    out: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override of {p!r}")
+        node[parts[-1]] = value
+    return out
+
+
+def config_from_dict(data: dict, source: str = "") -> Config:
+    return _from_dict(Config, data, "", source)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config (with ``_base_`` inheritance) and apply dotted ``key=value`` overrides."""
+    data = _read_yaml(Path(path)) if path is not None else {}
+    cfg = config_from_dict(data, str(path) if path else "")
+    if overrides:
+        merged = _merge(to_dict(cfg), parse_overrides(overrides))
+        cfg = config_from_dict(merged, "command-line overrides")
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

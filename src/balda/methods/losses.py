@@ -1,0 +1,53 @@
+"""Loss functions shared by the strategies."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from balda.data.labels import IGNORE_INDEX
+
+
+def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of logits to the label size (align_corners=False), a no-op if equal."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    class_weights: Optional[torch.Tensor] = None,
+    pixel_weights: Optional[torch.Tensor] = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Pixel-wise cross-entropy with optional class and pixel weights.
+
+    ``L = (1/|V|) * sum_{i in V} w_{y_i} * m_i * (-log softmax(z_i)_{y_i})`` where ``V`` is the set of
+    non-ignored pixels, ``w`` the (detached) class weights and ``m`` the pixel weights (e.g. the
+    pseudo-label confidence). The mean is over labelled pixels, not over the weights, so that class
+    weights change the loss scale as in mmseg's ``avg_non_ignore`` reduction. Logits are upsampled to
+    the label size first. Returns 0 (with a graph) when no pixel is labelled.
+    """
+    logits = resize_logits(logits, labels.shape[-2:])
+    ce = F.cross_entropy(logits.float(), labels.long(), reduction="none", ignore_index=ignore_index)
+    valid = labels != ignore_index
+    if class_weights is not None:
+        w = class_weights.detach().to(ce.dtype)
+        ce = ce * w[labels.long().clamp(0, w.numel() - 1)]
+    if pixel_weights is not None:
+        ce = ce * pixel_weights.detach().to(ce.dtype)
+    ce = ce * valid
+    return ce.sum() / valid.sum().clamp_min(1)
+
+
+def entropy_map(logits: torch.Tensor, normalise: bool = True) -> torch.Tensor:
+    """Per-pixel entropy ``-sum_c p_c log p_c`` of softmax(logits) over dim 1, divided by log K if
+    ``normalise`` (so it lies in [0, 1]). Computed with log_softmax, finite for any logits."""
+    logp = F.log_softmax(logits.float(), dim=1)
+    ent = -(logp.exp() * logp).sum(dim=1)
+    if normalise:
+        ent = ent / torch.log(torch.tensor(float(logits.shape[1]), device=logits.device))
+    return ent
