@@ -1,0 +1,47 @@
+"""Plots of a finished run, drawn from its ``metrics.jsonl`` and final metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from balda.data.labels import CLASS_NAMES
+
+
+def write_run_plots(run_dir: str | Path, metrics, records: list[dict]) -> list[Path]:
+    """Write ``plots/class_iou.png``, ``plots/confusion.png``, ``plots/losses.png``,
+    ``plots/eval.png`` and one ``plots/class_weights_<term>.png`` per weighted loss term."""
+    from balda.engine import plots
+
+    out = Path(run_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if metrics is not None:
+        written.append(plots.plot_class_iou({Path(run_dir).name: np.asarray(metrics.iou)}, CLASS_NAMES,
+                                            out / "class_iou.png", title="per-class IoU (final model)"))
+        written.append(plots.plot_confusion(np.asarray(metrics.confusion), CLASS_NAMES, out / "confusion.png"))
+    train = [r for r in records if r.get("kind") == "train"]
+    loss_keys = sorted({k for r in train for k in r if k.startswith("loss/")})
+    if loss_keys:
+        series = {k[5:]: ([r["step"] for r in train if r.get(k) is not None],
+                          [r[k] for r in train if r.get(k) is not None]) for k in loss_keys}
+        written.append(plots.plot_curves(series, out / "losses.png", "training losses", "iteration", "loss"))
+    evals = [r for r in records if r.get("kind") == "eval"]
+    if evals:
+        series = {k[5:]: ([r["step"] for r in evals if r.get(k) is not None],
+                          [100 * r[k] for r in evals if r.get(k) is not None])
+                  for k in ("eval/miou", "eval/min_iou", "eval/rare_recall") if any(k in r for r in evals)}
+        written.append(plots.plot_curves(series, out / "eval.png", "target validation", "iteration", "%"))
+    gh_keys = [k for k in ("gh/angle", "gh/conflict") if any(k in r for r in train)]
+    if gh_keys:
+        series = {k: ([r["step"] for r in train if k in r], [r[k] for r in train if k in r]) for k in gh_keys}
+        written.append(plots.plot_curves(series, out / "gh_conflict.png", "gradient conflict", "iteration", ""))
+    terms = sorted({k.split("/")[1] for r in train for k in r if k.startswith("weights/") and k.count("/") == 2})
+    for term in terms:
+        rows = [r for r in train if f"weights/{term}/{CLASS_NAMES[0]}" in r]
+        if not rows:
+            continue
+        w = np.array([[r.get(f"weights/{term}/{c}", np.nan) for c in CLASS_NAMES] for r in rows], dtype=float)
+        written.append(plots.plot_class_weights([r["step"] for r in rows], w, CLASS_NAMES,
+                                                out / f"class_weights_{term}.png"))
+    return written

@@ -1,0 +1,319 @@
+"""The iteration-driven trainer shared by every strategy.
+
+One loop serves all methods: per step it draws the (source, target) batch of that step (batches
+are a deterministic function of ``(seed, step)``, so a resumed run sees the same data), asks the
+strategy for its named losses, lets the combiner (plain sum or gradient harmonization) turn them
+into gradients, clips, steps the optimiser and the schedule, then runs the strategy's post-step
+hook (EMA teacher, discriminator). Active-learning rounds run at their scheduled iterations.
+
+Checkpoints (``last.pt``, ``iter_N.pt``, ``best.pt``) are written atomically and hold everything
+needed for an exact resume: model, optimiser, schedule, strategy (teacher, discriminator and its
+optimiser, class-weight EMA), grad scaler, RNG states and the iteration.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from balda.config import Config, save_config, to_dict
+from balda.engine import dist
+from balda.engine.checkpoint import (CheckpointError, atomic_save, atomic_write_text, load_checkpoint,
+                                     load_model_weights, rng_state, seed_everything, set_rng_state)
+from balda.engine.logger import RunLogger, read_metrics
+from balda.engine.optim import build_optimizer
+
+log = logging.getLogger("balda.train")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite (the weights were not updated)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if dist.is_distributed() and torch.cuda.is_available():
+            return torch.device("cuda", dist.local_rank())
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _to_device(batch, device):
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    return batch
+
+
+class Trainer:
+    """Train ``cfg`` into ``cfg.run_dir``; ``resume=True`` continues from ``last.pt`` if present,
+    a path resumes from that checkpoint."""
+
+    def __init__(self, cfg: Config, resume: bool | str = False, progress: Optional[bool] = None):
+        from balda.balancing.class_weights import build_weighting
+        from balda.balancing.combine import build_combiner
+        from balda.data.datasets import build_dataset
+        from balda.methods import build_strategy
+        from balda.models import build_model
+
+        self.cfg = cfg
+        self.run_dir = cfg.run_dir
+        self.is_main = dist.is_main()
+        self.device = resolve_device(cfg.train.device)
+        self.progress = cfg.train.progress if progress is None else progress
+        seed_everything(cfg.train.seed)
+
+        self.model = build_model(cfg.model).to(self.device)
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.source_ds = build_dataset(cfg.data.source)
+        self.val_ds = build_dataset(cfg.data.val)
+        counts = None
+        if cfg.balancing.class_weights in ("inverse_freq", "class_balanced"):
+            from balda.data.stats import class_pixel_counts
+
+            counts = class_pixel_counts(self.source_ds, cfg.model.num_classes, progress=self.progress).sum(0)
+        weighting = build_weighting(cfg.balancing, cfg.model.num_classes, counts)
+        imnet = None
+        if cfg.method.name == "self_training" and cfg.method.self_training.imnet_model:
+            imnet = self._imnet_model(cfg.method.self_training.imnet_model)
+        self.strategy = build_strategy(cfg, self.model, weighting, imnet_model=imnet).to(self.device)
+        extra = [p for p in self.strategy.parameters() if p.requires_grad and not getattr(p, "_balda_own_opt", False)]
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.train.iters, extra=extra)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        head = cfg.balancing.gh.params == "decoder" and hasattr(self.model, "decode_head")
+        self.shared = [p for p in (self.model.decode_head.parameters() if head else self.model.parameters())
+                       if p.requires_grad]
+        self.combiner = build_combiner(cfg.balancing)
+        amp = cfg.train.amp if self.device.type == "cuda" else "none"
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
+        self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+        self.ddp_model = dist.wrap_ddp(self.model, self.device) if dist.is_distributed() else None
+
+        self.step = 0
+        self.best_miou = -1.0
+        self.skipped = 0
+        self.active_store = None
+        if cfg.active.enabled:
+            self._setup_active()
+        if resume:
+            path = Path(resume) if isinstance(resume, (str, Path)) and not isinstance(resume, bool) \
+                else self.run_dir / "last.pt"
+            if path.exists():
+                self.load(path)
+            elif isinstance(resume, (str, Path)) and not isinstance(resume, bool):
+                raise CheckpointError(f"--resume: checkpoint not found: {path}")
+        if self.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+
+    # ----------------------------------------------------------------------------------- setup
+    def _imnet_model(self, path: str):
+        from balda.models import build_model
+        from balda.models.weights import load_pretrained
+
+        m = build_model(self.cfg.model)
+        load_pretrained(m, path)
+        return m.to(self.device).eval().requires_grad_(False)
+
+    def _setup_active(self) -> None:
+        from balda.active.annotator import LabelStore, OracleAnnotator
+        from balda.data.datasets import build_dataset
+        from dataclasses import replace
+
+        cfg = self.cfg
+        self.active_target_ds = build_dataset(replace(cfg.data.target, labelled=True))
+        root = Path(cfg.active.out) if cfg.active.out else self.run_dir / "active"
+        self.active_store = LabelStore(root)
+        self.annotator = OracleAnnotator(self.active_target_ds)
+        self.round_steps = sorted({int(round(f * cfg.train.iters)) for f in cfg.active.rounds})
+
+    def _loader(self):
+        from balda.data.loaders import build_train_loader
+
+        uses_labels = getattr(self.strategy, "uses_target_labels", False)
+        label_filter = self.active_store.label_filter if self.active_store is not None else None
+        return build_train_loader(self.cfg, start_step=self.step, target_label_filter=label_filter,
+                                  with_target_labels=uses_labels)
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "step": self.step,
+            "best_miou": self.best_miou,
+            "rng": rng_state(),
+            "config": to_dict(self.cfg),
+            "model_config": to_dict(self.cfg.model),
+        }
+
+    def save(self, name: str = "last.pt") -> Optional[Path]:
+        if not self.is_main:
+            return None
+        return atomic_save(self.state_dict(), self.run_dir / name)
+
+    def load(self, path: str | Path) -> None:
+        ckpt = load_checkpoint(path, map_location=self.device)
+        load_model_weights(self.model, ckpt["model"], path)
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.strategy.load_state_dict(ckpt["strategy"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint {path} does not match this run's method/optimiser config: {e}") from None
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt["step"])
+        self.best_miou = float(ckpt.get("best_miou", -1.0))
+        set_rng_state(ckpt["rng"])
+        log.info("resumed from %s at iteration %d", path, self.step)
+
+    # ------------------------------------------------------------------------------------ train
+    def _check_finite(self, total: torch.Tensor, out) -> bool:
+        """One host sync per step on a scalar flag: a non-finite loss must never reach the weights."""
+        if bool(torch.isfinite(total.detach())):
+            return True
+        bad = [n for n, v in out.losses.items() if not bool(torch.isfinite(v.detach()))]
+        msg = f"non-finite loss at iteration {self.step}: {', '.join(bad) or 'total'}"
+        if self.cfg.train.nan_policy == "raise":
+            raise NonFiniteLossError(msg + " (set train.nan_policy=skip to skip such steps)")
+        self.skipped += 1
+        log.warning("%s; step skipped (%d in a row)", msg, self.skipped)
+        if self.skipped > self.cfg.train.max_skipped:
+            raise NonFiniteLossError(f"{self.skipped} consecutive non-finite steps; giving up")
+        return False
+
+    def train_step(self, batch: dict) -> dict:
+        model = self.ddp_model or self.model
+        model.train()
+        batch = _to_device(batch, self.device)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = self.strategy.compute_losses(model, batch, self.step)
+        total = out.total()
+        logs = dict(out.logs)
+        for n, v in out.losses.items():
+            logs[f"loss/{n}"] = v.detach()
+        if not self._check_finite(total, out):
+            self.optimizer.zero_grad(set_to_none=True)
+            return logs
+        self.skipped = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        logs.update(self.combiner.backward(out, self.params, self.shared, scaler=self.scaler))
+        if self.ddp_model is None and dist.is_distributed():  # pragma: no cover
+            dist.all_reduce_grads(self.params)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.optim.grad_clip:
+            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        logs.update(self.strategy.after_step(self.model, self.step))
+        logs["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
+        return logs
+
+    def _maybe_acquire(self, logger: RunLogger) -> bool:
+        """Run the active-learning round scheduled at this step; True if labels changed."""
+        if self.active_store is None or self.step not in self.round_steps:
+            return False
+        from balda.active.acquire import acquire_round
+
+        r = self.round_steps.index(self.step)
+        stats = acquire_round(self.strategy.eval_model(self.model), self.active_target_ds, self.active_store,
+                              self.cfg.active, r, len(self.round_steps), self.cfg.data.mean, self.cfg.data.std,
+                              self.device, self.annotator, progress=self.progress and self.is_main)
+        dist.barrier()
+        flat = {f"active/{k}": float(v) for k, v in stats.items() if isinstance(v, (int, float))}
+        logger.write(self.step, flat, kind="active")
+        return True
+
+    def fit(self):
+        """Train to ``cfg.train.iters``; returns the final :class:`~balda.engine.evaluation.Metrics`."""
+        cfg = self.cfg
+        tcfg = cfg.train
+        logger = RunLogger(self.run_dir, tcfg.iters, self.step, tensorboard=tcfg.tensorboard,
+                           progress=self.progress and self.is_main, enabled=self.is_main, description=cfg.name)
+        try:
+            loader = iter(self._loader())
+            while self.step < tcfg.iters:
+                if self._maybe_acquire(logger):
+                    loader = iter(self._loader())
+                logs = self.train_step(next(loader))
+                logger.accumulate(logs)
+                self.step += 1
+                if self.step % tcfg.log_every == 0 or self.step == tcfg.iters:
+                    logger.flush(self.step)
+                if tcfg.eval_every and self.step % tcfg.eval_every == 0 and self.step < tcfg.iters:
+                    self._eval_and_track(logger)
+                if tcfg.ckpt_every and self.step % tcfg.ckpt_every == 0 and self.step < tcfg.iters:
+                    self.save("last.pt")
+                    self._save_periodic()
+                logger.progress(self.step)
+            metrics = self._eval_and_track(logger, final=True)
+            self.save("last.pt")
+            self.save("final.pt")
+        finally:
+            logger.close()
+        if self.is_main:
+            self.write_report(metrics)
+        return metrics
+
+    def _save_periodic(self) -> None:
+        if not self.is_main or self.cfg.train.keep_ckpts <= 0:
+            return
+        self.save(f"iter_{self.step}.pt")
+        old = sorted(self.run_dir.glob("iter_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        for p in old[: -self.cfg.train.keep_ckpts]:
+            p.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------------------- evaluation
+    def evaluate(self, export_dir: Optional[Path] = None):
+        from balda.engine.evaluation import evaluate
+
+        return evaluate(self.strategy.eval_model(self.model), self.val_ds, self.cfg.eval, self.cfg.data.mean,
+                        self.cfg.data.std, device=self.device, export_dir=export_dir,
+                        progress=self.progress and self.is_main, num_classes=self.cfg.model.num_classes)
+
+    def _eval_and_track(self, logger: RunLogger, final: bool = False):
+        metrics = self.evaluate() if self.is_main else None
+        if metrics is None:
+            dist.barrier()
+            return None
+        rare = metrics.rarest(self.cfg.eval.rare_k)
+        rec = {"miou": metrics.miou, "min_iou": metrics.min_iou, "acc": metrics.acc,
+               "mean_recall": metrics.mean_recall, "rare_recall": metrics.rare_recall(rare)}
+        logger.write(self.step, {f"eval/{k}": v for k, v in rec.items()}, kind="eval")
+        if metrics.miou > self.best_miou:
+            self.best_miou = metrics.miou
+            self.save("best.pt")
+            atomic_write_text(self.run_dir / "best_metrics.json",
+                              json.dumps({"step": self.step, **metrics.to_dict()}, indent=1))
+        if final:
+            atomic_write_text(self.run_dir / "final_metrics.json",
+                              json.dumps({"step": self.step, **metrics.to_dict()}, indent=1))
+        dist.barrier()
+        return metrics
+
+    def write_report(self, metrics) -> None:
+        """Plots of the finished run: per-class IoU, confusion matrix, loss and class-weight curves."""
+        from balda.engine.report import write_run_plots
+
+        try:
+            write_run_plots(self.run_dir, metrics, read_metrics(self.run_dir))
+        except Exception as e:  # plots must never lose a finished run
+            log.warning("could not write plots for %s: %s", self.run_dir, e)
+
+
+def train(cfg: Config, resume: bool | str = False, progress: Optional[bool] = None):
+    """Train a config end to end and return the final metrics."""
+    return Trainer(cfg, resume=resume, progress=progress).fit()
