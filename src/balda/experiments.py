@@ -1,0 +1,222 @@
+"""Experiment grids on the embedded benchmark: ``balda demo`` and ``balda bench``.
+
+A *method* of the catalogue is a shipped config plus overrides (``self_training+gbw`` is
+``streets/self_training`` with ``balancing.class_weights=gbw``). A *cell* is a (method, seed)
+pair; its run folder is ``<out>/<method>_s<seed>``, and a cell whose ``final_metrics.json``
+exists is never re-run, so an interrupted grid resumes where it stopped. The summary table
+(mean +- std over seeds of mIoU, min-class IoU, mean recall of the rarest target classes,
+per-class IoU) is written as Markdown, CSV and JSON together with comparison plots.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from balda.data.labels import CLASS_NAMES
+
+log = logging.getLogger("balda.experiments")
+
+#: method name -> (shipped config, overrides). Order = table order.
+CATALOG: dict[str, tuple[str, tuple[str, ...]]] = {
+    "source_only": ("streets/source_only", ()),
+    "oracle": ("streets/oracle", ()),
+    "self_training": ("streets/self_training", ()),
+    "advent": ("streets/advent", ()),
+    "minent": ("streets/minent", ()),
+    "source_only+gbw": ("streets/source_only", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
+    "self_training+gbw": ("streets/self_training", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
+    "self_training+gbw_faithful": ("streets/self_training", ("balancing.class_weights=gbw",
+                                                             "balancing.gbw.mode=faithful")),
+    "self_training+inverse_freq": ("streets/self_training", ("balancing.class_weights=inverse_freq",)),
+    "self_training+class_balanced": ("streets/self_training", ("balancing.class_weights=class_balanced",)),
+    "advent+gbw": ("streets/advent", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
+    "minent+gbw": ("streets/minent", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
+    "advent+gh": ("streets/advent", ("balancing.combiner=gh",)),
+    "advent+gh++": ("streets/advent", ("balancing.combiner=gh++",)),
+    "minent+gh": ("streets/minent", ("balancing.combiner=gh",)),
+    "self_training+gh": ("streets/self_training", ("balancing.combiner=gh",)),
+    "self_training+gbw+gh": ("streets/self_training", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free",
+                                                       "balancing.combiner=gh")),
+}
+
+#: What ``balda demo`` trains by default (<= 10 minutes on 2 CPU cores).
+DEMO_METHODS = ("source_only", "oracle", "self_training", "advent", "minent", "self_training+gbw", "advent+gh")
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method.replace('+', '-').replace('@', '_')}_s{self.seed}"
+
+
+def cell_overrides(cell: Cell, data: Path, out: Path, quick: bool = False, extra: Iterable[str] = ()) -> list[str]:
+    if cell.method not in CATALOG:
+        raise ValueError(f"unknown method {cell.method!r}; known: {', '.join(CATALOG)}")
+    _, over = CATALOG[cell.method]
+    o = [f"name={cell.name}", f"out_dir={out}", f"train.seed={cell.seed}",
+         f"data.source.root={data / 'source'}", f"data.target.root={data / 'target'}",
+         f"data.val.root={data / 'target'}", *over]
+    if quick:
+        o += ["train.iters=40", "train.ckpt_every=20", "train.log_every=10", "eval.max_images=16"]
+    return o + list(extra)
+
+
+def cell_config(cell: Cell, data: Path, out: Path, quick: bool = False, extra: Iterable[str] = ()):
+    from balda.cli import resolve_config
+    from balda.config import load_config
+
+    return load_config(resolve_config(CATALOG[cell.method][0]), cell_overrides(cell, data, out, quick, extra))
+
+
+def is_done(cell: Cell, out: Path) -> bool:
+    return (out / cell.name / "final_metrics.json").is_file()
+
+
+def run_cell(cell: Cell, data: Path, out: Path, quick: bool = False, extra: Iterable[str] = (),
+             subprocess_mode: bool = False, progress: bool = True) -> dict:
+    """Train and evaluate one cell (resuming its run if interrupted); return its final metrics."""
+    if not is_done(cell, out):
+        if subprocess_mode:
+            cmd = [sys.executable, "-m", "balda.cli", "train", CATALOG[cell.method][0],
+                   *cell_overrides(cell, data, out, quick, extra), "--resume"]
+            if not progress:
+                cmd.append("--no-progress")
+            env = dict(os.environ)
+            (out / cell.name).mkdir(parents=True, exist_ok=True)
+            with open(out / cell.name / "stdout.log", "a") as f:
+                r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+            if r.returncode != 0:
+                raise RuntimeError(f"cell {cell.name} failed (exit {r.returncode}); see {out / cell.name / 'stdout.log'}")
+        else:
+            from balda.engine.trainer import train
+
+            train(cell_config(cell, data, out, quick, extra), resume=True, progress=progress)
+    return json.loads((out / cell.name / "final_metrics.json").read_text())
+
+
+def ensure_benchmark(data: Path, progress: bool = True) -> None:
+    from balda.data.streets import generate_streets, streets_exists
+
+    if streets_exists(data):
+        return
+    log.info("generating the street benchmark in %s", data)
+    generate_streets(data, progress=progress)
+
+
+# ------------------------------------------------------------------------------------ summary
+def _per_class(m: dict, key: str = "iou") -> np.ndarray:
+    pc = m.get("per_class", {})
+    return np.array([(pc.get(c, {}) or {}).get(key, np.nan) if isinstance(pc.get(c), dict) else np.nan
+                     for c in CLASS_NAMES], dtype=float)
+
+
+def _rarest(results: list[dict], k: int) -> list[int]:
+    """The k rarest target classes by ground-truth pixels of the val confusion matrix."""
+    conf = np.asarray(results[0]["confusion"], dtype=float)
+    gt = conf.sum(1)
+    present = np.flatnonzero(gt > 0)
+    return [int(c) for c in present[np.argsort(gt[present])][:k]]
+
+
+def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: int = 6) -> dict:
+    """Aggregate the finished cells into ``summary.{md,csv,json}`` and comparison plots."""
+    rows = {}
+    runs = []
+    for method in methods:
+        ms = []
+        for s in seeds:
+            p = out / Cell(method, s).name / "final_metrics.json"
+            if p.is_file():
+                m = json.loads(p.read_text())
+                ms.append(m)
+                runs.append({"method": method, "seed": s, **{k: m.get(k) for k in ("miou", "min_iou", "acc")}})
+        if ms:
+            rows[method] = ms
+    if not rows:
+        return {}
+    rare = _rarest(next(iter(rows.values())), rare_k)
+    table = {}
+    for method, ms in rows.items():
+        miou = np.array([m["miou"] for m in ms]) * 100
+        mini = np.array([m["min_iou"] for m in ms]) * 100
+        rrec = np.array([np.nanmean(_per_class(m, "recall")[rare]) for m in ms]) * 100
+        ious = np.stack([_per_class(m, "iou") for m in ms]) * 100
+        table[method] = {"n": len(ms), "miou": (miou.mean(), miou.std()), "min_iou": (mini.mean(), mini.std()),
+                         "rare_recall": (rrec.mean(), rrec.std()), "iou": np.nanmean(ious, 0)}
+    names = [CLASS_NAMES[c] for c in rare]
+    lines = [f"Rarest target classes (val ground truth): {', '.join(names)}.", "",
+             "| method | seeds | mIoU | min-class IoU | rare recall |", "|---|---|---|---|---|"]
+    for method, t in table.items():
+        lines.append(f"| {method} | {t['n']} | {t['miou'][0]:.1f} ± {t['miou'][1]:.1f} | "
+                     f"{t['min_iou'][0]:.1f} ± {t['min_iou'][1]:.1f} | "
+                     f"{t['rare_recall'][0]:.1f} ± {t['rare_recall'][1]:.1f} |")
+    lines += ["", "Per-class IoU (mean over seeds):", "",
+              "| method | " + " | ".join(CLASS_NAMES) + " |", "|---" * (len(CLASS_NAMES) + 1) + "|"]
+    for method, t in table.items():
+        lines.append(f"| {method} | " + " | ".join("–" if np.isnan(v) else f"{v:.1f}" for v in t["iou"]) + " |")
+    md = "\n".join(lines) + "\n"
+    (out / "summary.md").write_text(md)
+    with open(out / "runs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["method", "seed", "miou", "min_iou", "acc"])
+        w.writeheader()
+        w.writerows(runs)
+    (out / "summary.json").write_text(json.dumps(
+        {"rare_classes": names, "methods": {k: {**{m: list(v) for m, v in t.items() if m in ("miou", "min_iou",
+                                                                                            "rare_recall")},
+                                                "n": t["n"], "iou": [None if np.isnan(x) else x for x in t["iou"]]}
+                                            for k, t in table.items()}, "runs": runs}, indent=1))
+    try:
+        from balda.engine import plots
+
+        plots.plot_class_iou({k: t["iou"] / 100 for k, t in table.items()}, CLASS_NAMES, out / "class_iou.png",
+                             title="target per-class IoU")
+        plots.plot_bars({k: t["miou"][0] for k, t in table.items()}, out / "miou.png", "target mIoU", "mIoU (%)",
+                        errors={k: t["miou"][1] for k, t in table.items()})
+        plots.plot_bars({k: t["rare_recall"][0] for k, t in table.items()}, out / "rare_recall.png",
+                        f"mean recall of the {len(rare)} rarest classes", "recall (%)",
+                        errors={k: t["rare_recall"][1] for k, t in table.items()})
+    except Exception as e:  # pragma: no cover - plots never lose results
+        log.warning("could not draw summary plots: %s", e)
+    return {"markdown": md, "table": table, "rare": rare}
+
+
+def run_grid(methods: Iterable[str], seeds: Iterable[int], data: Path, out: Path, quick: bool = False,
+             subprocess_mode: bool = False, progress: bool = True, extra: Iterable[str] = ()) -> dict:
+    methods, seeds = list(methods), list(seeds)
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_benchmark(data, progress)
+    cells = [Cell(m, s) for s in seeds for m in methods]
+    t0 = time.time()
+    for i, cell in enumerate(cells):
+        state = "done" if is_done(cell, out) else "running"
+        print(f"[{i + 1}/{len(cells)}] {cell.method} seed {cell.seed}: {state}", flush=True)
+        run_cell(cell, data, out, quick, extra, subprocess_mode, progress)
+    summary = summarize(out, methods, seeds)
+    summary["seconds"] = time.time() - t0
+    return summary
+
+
+def run_demo(out: Path = Path("runs/demo"), data: Path = Path("data/streets"), quick: bool = False,
+             methods: Optional[Iterable[str]] = None, seeds: int = 1, progress: bool = True) -> dict:
+    """The main job: benchmark (generated if missing), the demo methods, a table and plots."""
+    methods = list(methods) if methods else list(DEMO_METHODS)
+    summary = run_grid(methods, range(seeds), Path(data), Path(out), quick=quick, progress=progress)
+    if summary:
+        print()
+        print(summary["markdown"])
+        print(f"table, per-run metrics and plots in {out} ({summary['seconds']:.0f} s)")
+    return summary
