@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +29,9 @@ from balda.engine.logger import RunLogger, read_metrics
 from balda.engine.optim import build_optimizer
 
 log = logging.getLogger("balda.train")
+
+#: Tests set BALDA_FAULT_KILL_AT_STEP=N to SIGKILL a training process right after step N.
+_KILL_AT = int(os.environ.get("BALDA_FAULT_KILL_AT_STEP", "-1"))
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -251,6 +256,8 @@ class Trainer:
                 logs = self.train_step(next(loader))
                 logger.accumulate(logs)
                 self.step += 1
+                if self.step == _KILL_AT:  # fault injection for the kill/resume tests
+                    os.kill(os.getpid(), signal.SIGKILL)
                 if self.step % tcfg.log_every == 0 or self.step == tcfg.iters:
                     logger.flush(self.step)
                 if tcfg.eval_every and self.step % tcfg.eval_every == 0 and self.step < tcfg.iters:

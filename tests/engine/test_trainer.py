@@ -1,0 +1,101 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from balda.engine.trainer import NonFiniteLossError, Trainer
+from tests.conftest import tiny_overrides
+
+
+@pytest.mark.parametrize("config", ["streets/source_only", "streets/oracle"])
+def test_supervised_runs_end_to_end(tiny_config, config):
+    cfg = tiny_config(config)
+    metrics = Trainer(cfg).fit()
+    run = cfg.run_dir
+    for f in ("config.yaml", "last.pt", "final.pt", "best.pt", "final_metrics.json", "metrics.jsonl"):
+        assert (run / f).is_file(), f
+    assert (run / "plots" / "class_iou.png").is_file() and (run / "plots" / "confusion.png").is_file()
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final["step"] == 4 and abs(final["miou"] - metrics.miou) < 1e-12
+    assert 0.0 <= metrics.miou <= 1.0
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def test_resume_after_a_real_kill_matches_an_uninterrupted_run(tiny_streets, tmp_path):
+    """A subprocess is SIGKILLed right after step 5 (last checkpoint: step 4); resuming finishes with
+    bit-identical weights to a run that was never interrupted."""
+    base = [sys.executable, "-m", "balda.cli", "train", "streets/self_training"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(name, extra_env=None, resume=False):
+        cmd = base + tiny_overrides(tiny_streets, tmp_path, name, iters=8) + (["--resume"] if resume else [])
+        return subprocess.run(cmd, env={**env, **(extra_env or {})}, capture_output=True, text=True, timeout=240)
+
+    ref = run("ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    killed = run("killed", {"BALDA_FAULT_KILL_AT_STEP": "5"})
+    assert killed.returncode == -9
+    ck = torch.load(tmp_path / "killed" / "last.pt", map_location="cpu", weights_only=False)
+    assert ck["step"] == 4
+    resumed = run("killed", resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = _weights(tmp_path / "ref" / "final.pt"), _weights(tmp_path / "killed" / "final.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ra = json.loads((tmp_path / "ref" / "final_metrics.json").read_text())["miou"]
+    rb = json.loads((tmp_path / "killed" / "final_metrics.json").read_text())["miou"]
+    assert ra == rb
+
+
+class _NaNAt:
+    def __init__(self, strategy, step):
+        self.strategy, self.step = strategy, step
+
+    def __call__(self, model, batch, step):
+        out = self.strategy.__class__.compute_losses(self.strategy, model, batch, step)
+        if step == self.step:
+            out.losses["source.ce"] = out.losses["source.ce"] * float("nan")
+        return out
+
+
+def test_nan_loss_raises_without_touching_weights(tiny_config):
+    tr = Trainer(tiny_config("streets/source_only", "train.nan_policy=raise"))
+    tr.strategy.compute_losses = _NaNAt(tr.strategy, 2)
+    before = None
+
+    orig = tr.train_step
+
+    def spy(batch):
+        nonlocal before
+        if tr.step == 2:
+            before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+        return orig(batch)
+
+    tr.train_step = spy
+    with pytest.raises(NonFiniteLossError, match="iteration 2.*source.ce"):
+        tr.fit()
+    after = tr.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_nan_loss_skip_policy_continues(tiny_config):
+    tr = Trainer(tiny_config("streets/source_only", "train.nan_policy=skip"))
+    tr.strategy.compute_losses = _NaNAt(tr.strategy, 1)
+    tr.fit()
+    assert tr.step == 4
+    for p in tr.model.parameters():
+        assert torch.isfinite(p).all()
+
+
+def test_cli_reports_bad_config_key(tiny_streets, tmp_path, capsys):
+    from balda.cli import main
+
+    rc = main(["train", "streets/source_only", "train.iterz=3"])
+    assert rc == 2
+    assert "train.iterz" in capsys.readouterr().err
