@@ -1,0 +1,256 @@
+"""Step-deterministic training loaders.
+
+Every training batch is a pure function of ``(seed, stream, step)``:
+
+* :class:`StepBatchSampler` lays an endless sequence of permutations
+  ``perm_e = default_rng([seed, stream, e]).permutation(n)`` end to end; batch ``s`` takes positions
+  ``s*B .. (s+1)*B - 1`` of it. Item ``j`` of batch ``s`` carries a ``sample_seed`` derived from
+  ``(seed, stream, s, j)`` that seeds its crop/flip/jitter. With rare class sampling, item ``j`` is
+  instead ``rcs.sample(default_rng([seed, stream, s, j]))`` and carries the sampled class.
+* :class:`TrainView` turns such a key into a transformed sample.
+* :class:`UDALoader` zips a source and a target stream (``stream`` 0 and 1).
+
+Hence a run resumed at step ``s`` (``start_step=s``) sees exactly the batches the original run saw,
+whatever the number of workers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from balda.data.datasets import SegDataset, build_dataset
+from balda.data.sampling import RareClassSampler
+from balda.data.stats import class_pixel_counts
+from balda.data.transforms import TrainTransform
+
+log = logging.getLogger("balda.data")
+
+SOURCE_STREAM = 0
+TARGET_STREAM = 1
+#: Crop area at which ``data.rcs.min_crop_pixels`` is specified (DAFormer: 3000 pixels of 512x512).
+RCS_REFERENCE_AREA = 512 * 512
+#: Extra entropy word separating the per-item transform seed from the RCS draw of the same item.
+_SAMPLE_SEED_TAG = 0x5EED
+
+LabelFilter = Callable[[int, np.ndarray], np.ndarray]
+
+
+def sample_seed(seed: int, stream: int, step: int, j: int) -> int:
+    """The transform seed of item ``j`` of batch ``step`` in ``stream`` (a 63-bit int)."""
+    ss = np.random.SeedSequence([seed, stream, step, j, _SAMPLE_SEED_TAG])
+    return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _worker_init(worker_id: int) -> None:
+    """Keep OpenCV single-threaded inside loader workers (no oversubscription of the CPU)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+class TrainView(Dataset):
+    """Torch dataset over keys ``(index, sample_seed, required_class or -1[, min_class_pixels])``.
+
+    ``__getitem__`` loads item ``index`` (or, with ``on_error='skip'``, the next readable one), lets
+    ``label_filter(index, label)`` mask the label (active learning: keep acquired pixels only), then
+    applies ``transform(image, label, default_rng(sample_seed), required_class, min_class_pixels)``.
+    Returns ``dict(image=FloatTensor (3,h,w), label=LongTensor (h,w), index=LongTensor ())`` where
+    ``index`` is the item actually used. A plain int key ``i`` means ``(i, i, -1)``.
+    """
+
+    def __init__(self, dataset: SegDataset, transform: TrainTransform,
+                 label_filter: Optional[LabelFilter] = None, on_error: str = "raise"):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.dataset = dataset
+        self.transform = transform
+        self.label_filter = label_filter
+        self.on_error = on_error
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key) -> dict:
+        if isinstance(key, (int, np.integer)):
+            key = (int(key), int(key), -1)
+        if len(key) not in (3, 4):
+            raise ValueError(f"TrainView key must be (index, sample_seed, required_class[, min_pixels]), "
+                             f"got {key!r}")
+        index, seed, required = int(key[0]), int(key[1]), int(key[2])
+        min_pixels = int(key[3]) if len(key) == 4 else 0
+        if self.on_error == "skip":
+            index, image, label = self.dataset.load_or_skip(index)
+        else:
+            image, label = self.dataset.load(index)
+        if self.label_filter is not None and label is not None:
+            label = self.label_filter(index, label)
+        rng = np.random.default_rng(seed)
+        img_t, lab_t = self.transform(image, label, rng, required_class=None if required < 0 else required,
+                                      min_class_pixels=min_pixels)
+        return {"image": img_t, "label": lab_t, "index": torch.tensor(index, dtype=torch.long)}
+
+
+class StepBatchSampler:
+    """Infinite batch sampler whose batch ``s`` depends only on ``(seed, stream, s)``.
+
+    Yields lists of keys for :class:`TrainView`: ``(index, sample_seed, -1)``, or with ``rcs``
+    ``(index, sample_seed, class, min_crop_pixels)``. Iteration starts at ``start_step``.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, stream: int, start_step: int = 0,
+                 rcs: Optional[RareClassSampler] = None, min_crop_pixels: int = 0):
+        if n < 1:
+            raise ValueError(f"StepBatchSampler needs a non-empty dataset (n={n})")
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        if seed < 0 or stream < 0 or start_step < 0:
+            raise ValueError(f"seed, stream and start_step must be >= 0 (got {seed}, {stream}, {start_step})")
+        if rcs is not None and len(rcs.counts) != n:
+            raise ValueError(f"RCS statistics cover {len(rcs.counts)} images but the dataset has {n}")
+        self.n, self.batch_size, self.seed, self.stream = int(n), int(batch_size), int(seed), int(stream)
+        self.start_step = int(start_step)
+        self.rcs = rcs
+        self.min_crop_pixels = int(min_crop_pixels)
+        self._perms: dict[int, np.ndarray] = {}
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """``perm_e = default_rng([seed, stream, epoch]).permutation(n)`` (the last two are cached)."""
+        perm = self._perms.get(epoch)
+        if perm is None:
+            perm = np.random.default_rng([self.seed, self.stream, epoch]).permutation(self.n)
+            if len(self._perms) >= 2:
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = perm
+        return perm
+
+    def batch_at(self, step: int) -> list[tuple]:
+        """The keys of batch ``step``."""
+        keys = []
+        for j in range(self.batch_size):
+            s_seed = sample_seed(self.seed, self.stream, step, j)
+            if self.rcs is not None:
+                c, idx = self.rcs.sample(np.random.default_rng([self.seed, self.stream, step, j]))
+                keys.append((idx, s_seed, c, self.min_crop_pixels))
+            else:
+                pos = step * self.batch_size + j
+                idx = int(self.permutation(pos // self.n)[pos % self.n])
+                keys.append((idx, s_seed, -1))
+        return keys
+
+    def __iter__(self) -> Iterator[list[tuple]]:
+        step = self.start_step
+        while True:
+            yield self.batch_at(step)
+            step += 1
+
+
+class UDALoader:
+    """Endless iterator of ``{'source': batch, 'target': batch}``; ``.step`` = index of the next batch.
+
+    Each stream is a torch ``DataLoader`` over a :class:`TrainView` driven by a
+    :class:`StepBatchSampler` (stream 0 = source, optionally with RCS; stream 1 = target), with
+    ``num_workers`` workers each. A batch is a dict of stacked tensors (``image`` (B,3,h,w),
+    ``label`` (B,h,w), ``index`` (B,)). ``target_view=None`` yields source-only batches.
+    """
+
+    def __init__(self, source_view: TrainView, target_view: Optional[TrainView], batch_source: int,
+                 batch_target: int, seed: int, start_step: int = 0, num_workers: int = 0,
+                 rcs: Optional[RareClassSampler] = None, min_crop_pixels: int = 0):
+        self.source_view, self.target_view = source_view, target_view
+        self.batch_source, self.batch_target = int(batch_source), int(batch_target)
+        self.seed = int(seed)
+        self.num_workers = int(num_workers)
+        self.rcs = rcs
+        self.min_crop_pixels = int(min_crop_pixels)
+        self.step = int(start_step)
+        self._iters: Optional[dict] = None
+        # validate eagerly (bad sizes / seeds should fail at construction, not at the first batch)
+        StepBatchSampler(len(source_view), self.batch_source, self.seed, SOURCE_STREAM, self.step, rcs,
+                         self.min_crop_pixels)
+        if target_view is not None:
+            StepBatchSampler(len(target_view), self.batch_target, self.seed, TARGET_STREAM, self.step)
+
+    def _loader(self, view: TrainView, sampler: StepBatchSampler) -> DataLoader:
+        kw = {}
+        if self.num_workers > 0:
+            kw = dict(prefetch_factor=2, persistent_workers=False, worker_init_fn=_worker_init)
+        return DataLoader(view, batch_sampler=sampler, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available(), **kw)
+
+    def _start(self) -> dict:
+        its = {"source": iter(self._loader(self.source_view, StepBatchSampler(
+            len(self.source_view), self.batch_source, self.seed, SOURCE_STREAM, self.step, self.rcs,
+            self.min_crop_pixels)))}
+        if self.target_view is not None:
+            its["target"] = iter(self._loader(self.target_view, StepBatchSampler(
+                len(self.target_view), self.batch_target, self.seed, TARGET_STREAM, self.step)))
+        return its
+
+    def __iter__(self) -> "UDALoader":
+        return self
+
+    def __next__(self) -> dict:
+        if self._iters is None:
+            self._iters = self._start()
+        batch = {name: next(it) for name, it in self._iters.items()}
+        self.step += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state['step']`` (restarts the worker iterators)."""
+        self.close()
+        self.step = int(state["step"])
+
+    def close(self) -> None:
+        """Shut down worker processes; the next ``next()`` restarts at ``self.step``."""
+        self._iters = None
+
+
+def rcs_min_crop_pixels(min_crop_pixels: int, crop) -> int:
+    """``min_crop_pixels`` (given for a 512x512 crop) scaled to the area of ``crop`` ([h, w] or None)."""
+    if crop is None:
+        return int(min_crop_pixels)
+    return int(round(min_crop_pixels * crop[0] * crop[1] / RCS_REFERENCE_AREA))
+
+
+def build_train_loader(cfg, start_step: int = 0, target_label_filter: Optional[LabelFilter] = None,
+                       with_target_labels: bool = False) -> UDALoader:
+    """The training loader of a :class:`balda.config.Config`.
+
+    Source and target datasets come from ``cfg.data``; the target is read with labels only when
+    ``with_target_labels`` (oracle, active learning), whatever ``cfg.data.target.labelled`` says.
+    ``target_label_filter(index, label)`` masks target labels before the transforms (giving one
+    implies ``with_target_labels``).
+    With ``cfg.data.rcs.enabled`` the source is drawn by :class:`RareClassSampler` over
+    :func:`class_pixel_counts` of the source (cached), and a crop must hold
+    ``rcs.min_crop_pixels`` (scaled from 512x512 to the crop area) of the sampled class.
+    """
+    d = cfg.data
+    if target_label_filter is not None:
+        with_target_labels = True  # the filter masks target labels, so they must be read
+    source = build_dataset(d.source)
+    tcfg = dataclasses.replace(d.target, labelled=bool(with_target_labels))
+    target = build_dataset(tcfg)
+    rcs, min_crop = None, 0
+    if d.rcs.enabled:
+        counts = class_pixel_counts(source, num_classes=cfg.model.num_classes, progress=cfg.train.progress)
+        rcs = RareClassSampler(counts, temperature=d.rcs.temperature, min_pixels=d.rcs.min_pixels)
+        min_crop = rcs_min_crop_pixels(d.rcs.min_crop_pixels, d.crop)
+        log.info("%r; crops need >= %d pixels of the sampled class", rcs, min_crop)
+    src_view = TrainView(source, TrainTransform.from_config(d, d.source), on_error=d.source.on_error)
+    tgt_view = TrainView(target, TrainTransform.from_config(d, tcfg), label_filter=target_label_filter,
+                         on_error=tcfg.on_error)
+    return UDALoader(src_view, tgt_view, d.batch_source, d.batch_target, seed=cfg.train.seed,
+                     start_step=start_step, num_workers=d.num_workers, rcs=rcs, min_crop_pixels=min_crop)
+
+
+__all__ = ["TrainView", "StepBatchSampler", "UDALoader", "build_train_loader", "sample_seed",
+           "rcs_min_crop_pixels", "SOURCE_STREAM", "TARGET_STREAM"]
