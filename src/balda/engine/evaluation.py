@@ -323,13 +323,15 @@ def slide_windows(height: int, width: int, crop: Sequence[int] | int,
 
     ``n_y = max(ceil((H - ch) / sh), 0) + 1`` rows of windows starting at ``min(i * sh, H - ch)``
     (the last window is clamped to the border), likewise for columns; together they cover every
-    pixel. Dimensions smaller than the crop give a single window of the image's size.
+    pixel. Dimensions smaller than the crop give a single window of the image's size; a stride larger
+    than the crop would leave gaps and is reduced to the crop.
     """
     ch, cw = _pair(crop)
     sh, sw = _pair(stride)
     if sh <= 0 or sw <= 0:
         raise ValueError(f"stride must be positive, got {(sh, sw)}")
     ch, cw = min(ch, height), min(cw, width)
+    sh, sw = min(sh, ch), min(sw, cw)
     ny = max(math.ceil((height - ch) / sh), 0) + 1
     nx = max(math.ceil((width - cw) / sw), 0) + 1
     wins = []
