@@ -80,13 +80,14 @@ def gbw_statistic(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
     ``L_c = -(1/(n_c+1)) sum_{i: y_i=c} log p_{i,c}`` w.r.t. the logits, ``s_i = 1/(n_{y_i}+1)`` for
     labelled pixels and 0 for ignored ones (Alcover-Couso et al. 2024, specs/gbw.md steps 1-3).
 
-    Computation, one elementwise pass, no one-hot: ``log p = log_softmax(z)`` (float32 for half
-    inputs, float64 kept), ``log p_{i,y_i}`` gathered at the label, ``p = exp(log p)`` in place, rows
-    scaled by ``s_i`` in place, and the label entry overwritten by ``s_i (p_{i,y_i} - 1)
-    = s_i expm1(log p_{i,y_i})``; the buffer then *is* ``G`` and ``g`` is its L2 norm over pixels.
-    Every summand of ``||G_{:,c}||^2`` is a square, so unlike the expansion
-    ``sum s^2 p^2 - 2 sum_{y=c} s^2 p + sum_{y=c} s^2`` there is no cancellation when ``p_{i,y_i}``
-    is close to 1 (where ``g_c`` is tiny and that expansion is all rounding noise).
+    Computation, a few elementwise passes over one float buffer, no one-hot, no autograd:
+    ``p = exp(log_softmax(z))`` (float32 for half inputs, float64 kept), the label entry zeroed by a
+    scatter, ``1 - p_{i,y_i} = sum_{c != y_i} p_{i,c}`` as a channel sum, rows scaled by ``s_i`` in
+    place, and the label entry set to ``-s_i (1 - p_{i,y_i})``; the buffer then *is* ``G`` and ``g``
+    is its L2 norm over pixels. Every summand of ``||G_{:,c}||^2`` is a square of an accurately
+    computed number, so unlike the expansion ``sum s^2 p^2 - 2 sum_{y=c} s^2 p + sum_{y=c} s^2`` (or
+    ``1 - p`` from a rounded ``p``) there is no cancellation when ``p_{i,y_i}`` is close to 1, where
+    ``g_c`` is tiny and those forms are rounding noise in float32.
 
     Args:
         logits: ``(B, K, H, W)`` raw scores, expected at label resolution (bilinearly resized to it,
@@ -119,10 +120,11 @@ def gbw_statistic(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
     s = s.unsqueeze(1)
     idx = lab.unsqueeze(1)  # (B, 1, H, W)
 
-    G = F.log_softmax(z, dim=1, dtype=dtype)  # a fresh buffer, reused in place below
-    logp_y = G.gather(1, idx)
-    G.exp_().mul_(s)  # s_i p_ic
-    G.scatter_(1, idx, torch.expm1(logp_y).mul_(s))  # s_i (p_iy - 1) at the label
+    G = F.log_softmax(z, dim=1, dtype=dtype).exp_()  # p, a fresh buffer reused in place below
+    G.scatter_(1, idx, torch.zeros_like(s))  # p with the label entry zeroed ...
+    rest = G.sum(dim=1, keepdim=True)  # ... sums to 1 - p_{i,y_i}, accurate even when p_{i,y_i} ~ 1
+    G.mul_(s)  # s_i p_ic off the label
+    G.scatter_(1, idx, rest.mul_(s).neg_())  # s_i (p_{i,y_i} - 1) at the label
     return torch.linalg.vector_norm(G, ord=2, dim=(0, 2, 3))
 
 
