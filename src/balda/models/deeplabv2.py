@@ -16,17 +16,12 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torchvision.models import resnet as tv_resnet
 
 from balda.models._common import BaldaSegmentor
 from balda.models.base import SegOutput
 
-RESNETS = {
-    "resnet18": tv_resnet.resnet18,
-    "resnet34": tv_resnet.resnet34,
-    "resnet50": tv_resnet.resnet50,
-    "resnet101": tv_resnet.resnet101,
-}
+#: Supported torchvision ResNets (torchvision is imported lazily: it is slow to import).
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
 def _dilate_basic_layer(layer: nn.Sequential, dilation: int, previous_dilation: int) -> None:
@@ -63,11 +58,14 @@ class ResNetBackbone(nn.Module):
         super().__init__()
         if name not in RESNETS:
             raise ValueError(f"unknown ResNet backbone {name!r}; expected one of {sorted(RESNETS)}")
+        from torchvision.models import resnet as tv_resnet
+
+        factory = getattr(tv_resnet, name)
         bottleneck = name in ("resnet50", "resnet101")
         if bottleneck:
-            net = RESNETS[name](weights=None, replace_stride_with_dilation=[False, True, True])
+            net = factory(weights=None, replace_stride_with_dilation=[False, True, True])
         else:
-            net = RESNETS[name](weights=None)
+            net = factory(weights=None)
             _dilate_basic_layer(net.layer3, dilation=2, previous_dilation=1)
             _dilate_basic_layer(net.layer4, dilation=4, previous_dilation=2)
         self.name = name

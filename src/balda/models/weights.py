@@ -1,0 +1,123 @@
+"""Loading ImageNet weights for a segmentor's backbone from a local file (nothing is downloaded).
+
+Accepted files (``torch.load`` with ``weights_only=True``):
+
+* a plain state dict, or a dict holding it under ``'state_dict'`` or ``'model'``;
+* keys may carry a ``module.`` (DataParallel/DDP) prefix; if keys start with ``backbone.`` (a
+  whole-segmentor checkpoint), only those are used, with the prefix removed;
+* ResNets: torchvision names (``conv1.weight``, ``layer1.0.bn1.running_mean`` ...); ``fc.*`` is ignored;
+* MiT: the official SegFormer ``mit_bX.pth`` names (``patch_embed1..4``, ``block1..4``, ``norm1..4``;
+  ``head.*`` is ignored) or mmsegmentation's converted names (``layers.i.0/1/2``), mapped back.
+
+Loading is strict: any backbone key missing from the file (other than BatchNorm
+``num_batches_tracked`` counters), any extra key (other than the ImageNet classifier) or any shape
+mismatch raises :class:`WeightsError` naming the file and a few offending keys.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, NamedTuple
+
+import torch
+from torch import nn
+
+_SHOW = 5  # offending keys listed per category
+
+
+class WeightsError(ValueError):
+    """A pretrained-weights file is missing, unreadable, or does not match the model."""
+
+
+class LoadResult(NamedTuple):
+    """What :func:`load_pretrained` did: number of tensors loaded, and checkpoint keys ignored."""
+
+    loaded: int
+    ignored: list[str]
+
+
+def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    if not path.is_file():
+        raise WeightsError(f"pretrained weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle means an unusable file
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"cannot read pretrained weights {path}: {type(exc).__name__}: {msg} "
+            "(expected a torch.save'd state dict of tensors)"
+        ) from exc
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise WeightsError(f"pretrained weights {path} hold no state dict (got {type(obj).__name__})")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WeightsError(f"pretrained weights {path} are not a state dict of tensors (e.g. key {bad[0]!r})")
+    return obj
+
+
+def _strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    sd = dict(state_dict)
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    if any(k.startswith("backbone.") for k in sd):
+        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    return sd
+
+
+def _fmt(keys: list[str]) -> str:
+    more = f" ... (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
+    return ", ".join(keys[:_SHOW]) + more
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadResult:
+    """Load ImageNet weights from the local file ``path`` into ``model.backbone`` (in place).
+
+    ``model`` is a segmentor (its ``backbone`` is loaded) or a bare backbone module. Names are
+    mapped by the backbone's ``convert_pretrained_state_dict`` when it has one (MiT: mmseg names);
+    keys under the backbone's ``ignored_pretrained_prefixes`` (the ImageNet classifier ``fc.`` /
+    ``head.``) are skipped. Parameters keep their ``requires_grad`` flags (frozen BatchNorm stays
+    frozen).
+
+    Raises:
+        WeightsError: the file is missing or unreadable, or its keys/shapes do not match the
+            backbone; the message names the file and lists a few missing / unexpected / mismatched keys.
+    """
+    path = Path(path)
+    backbone = getattr(model, "backbone", model)
+    sd = _strip_prefixes(_read_state_dict(path))
+    convert = getattr(backbone, "convert_pretrained_state_dict", None)
+    if convert is not None:
+        try:
+            sd = convert(sd)
+        except Exception as exc:  # noqa: BLE001
+            raise WeightsError(f"cannot map the keys of pretrained weights {path}: {exc}") from exc
+    ignore_prefixes = tuple(getattr(backbone, "ignored_pretrained_prefixes", ("fc.", "head.", "classifier.")))
+    ignored = sorted(k for k in sd if k.startswith(ignore_prefixes))
+    sd = {k: v for k, v in sd.items() if not k.startswith(ignore_prefixes)}
+
+    own = backbone.state_dict()
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    mismatched = [
+        f"{k} (file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})"
+        for k in own if k in sd and sd[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {_fmt(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {_fmt(unexpected)}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches: {_fmt(mismatched)}")
+        kind = getattr(backbone, "name", type(backbone).__name__)
+        raise WeightsError(f"pretrained weights {path} do not match the {kind} backbone: " + "; ".join(parts))
+
+    sd = {k: v.to(dtype=own[k].dtype) for k, v in sd.items()}
+    backbone.load_state_dict(sd, strict=False)
+    return LoadResult(loaded=len(sd), ignored=ignored)
