@@ -36,7 +36,8 @@ def build_strategy(cfg: Config, model: Segmentor, weighting: Optional[WeightingF
     elif name == "adversarial":
         from balda.methods.adversarial import AdversarialStrategy
 
-        strategy = AdversarialStrategy(model, weighting, cfg.method.adversarial, K, mean, std, seed=seed)
+        strategy = AdversarialStrategy(model, weighting, cfg.method.adversarial, K, mean, std, seed=seed,
+                                       max_iters=cfg.train.iters)
     elif name == "minent":
         from balda.methods.minent import MinEntStrategy
 

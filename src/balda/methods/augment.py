@@ -1,0 +1,205 @@
+"""Batch augmentations of the self-training strategies: ClassMix, colour jitter, Gaussian blur.
+
+All functions are vectorised tensor operations on whole batches, run on the batch's device and
+draw their randomness from an explicit :class:`torch.Generator` (see :func:`step_generator`), so a
+training step is a deterministic function of ``(seed, step, batch)`` and a resumed run repeats it.
+No function synchronises with the host.
+
+Images are the *normalised* network inputs ``x = (rgb - mean) / std`` with ``rgb`` in 0..255 and
+``mean``/``std`` per channel in 0..255 units (the data pipeline's normalisation). Photometric
+operations denormalise, work on ``rgb / 255`` in [0, 1], and renormalise.
+
+References
+----------
+* DACS: Tranheden, Olsson, Pinto, Svensson, "DACS: Domain Adaptation via Cross-domain Mixed
+  Sampling", WACV 2021 (ClassMix across domains, colour jitter + Gaussian blur on the mixed image).
+* ClassMix: Olsson et al., WACV 2021.
+* DAFormer: Hoyer, Dai, Van Gool, CVPR 2022 (same augmentations, strength 0.2).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from balda.data.labels import IGNORE_INDEX
+
+__all__ = ["step_generator", "classmix_masks", "mix", "color_jitter", "gaussian_blur", "denormalize",
+           "renormalize"]
+
+_MASK64 = (1 << 63) - 1
+
+
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu", salt: int = 0) -> torch.Generator:
+    """A generator on ``device`` seeded by a hash of ``(seed, step, salt)`` (pure Python, no sync).
+
+    Different steps (and salts, for independent streams inside one step) get decorrelated seeds;
+    the same triple always gives the same stream on a given device type.
+    """
+    x = (int(seed) * 0x9E3779B97F4A7C15 + int(step) * 0xBF58476D1CE4E5B9 + int(salt) * 0x94D049BB133111EB) & _MASK64
+    # splitmix64 finaliser
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & ((1 << 64) - 1)
+    x ^= x >> 31
+    g = torch.Generator(device=torch.device(device))
+    g.manual_seed(x & _MASK64)
+    return g
+
+
+def _stats(t, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(t, dtype=like.dtype, device=like.device).reshape(1, -1, 1, 1)
+
+
+def denormalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """``rgb/255`` in [0, 1] from normalised images ``(rgb - mean) / std``."""
+    return (images * _stats(std, images) + _stats(mean, images)) / 255.0
+
+
+def renormalize(rgb01: torch.Tensor, mean, std) -> torch.Tensor:
+    """Inverse of :func:`denormalize`."""
+    return (rgb01 * 255.0 - _stats(mean, rgb01)) / _stats(std, rgb01)
+
+
+# ------------------------------------------------------------------------------------------ ClassMix
+def classmix_masks(source_labels: torch.Tensor, generator: torch.Generator | None = None,
+                   ignore: int = IGNORE_INDEX) -> torch.Tensor:
+    """ClassMix masks, one per source image (Olsson et al. 2021; cross-domain in DACS).
+
+    For image ``b`` let ``C_b`` be the set of classes present in ``source_labels[b]`` (``ignore``
+    excluded). ``n_b = (|C_b| + |C_b| mod 2) / 2`` of them (half, rounded up, as DACS) are drawn
+    uniformly without replacement, and the mask is ``M_b = [y_b in chosen_b]``: the union of the
+    pixels of exactly the chosen classes. An image with no labelled pixel gets an empty mask.
+
+    Vectorised: presence ``(B, 256)`` by scatter, random keys for present classes, a class is
+    chosen when its rank among the image's present classes is ``< n_b``.
+
+    Returns a ``(B, H, W)`` bool tensor (True = take the source pixel).
+    """
+    if source_labels.dim() != 3:
+        raise ValueError(f"classmix_masks: expected (B,H,W) labels, got shape {tuple(source_labels.shape)}")
+    B = source_labels.shape[0]
+    device = source_labels.device
+    n_slots = max(256, int(ignore) + 1)
+    flat = source_labels.reshape(B, -1).long().clamp(0, n_slots - 1)
+    present = torch.zeros(B, n_slots, dtype=torch.bool, device=device)
+    present.scatter_(1, flat, True)
+    if 0 <= ignore < n_slots:
+        present[:, ignore] = False
+    n_present = present.sum(dim=1)
+    n_choose = (n_present + n_present % 2) // 2
+    keys = torch.rand(B, n_slots, generator=generator, device=device)
+    keys = torch.where(present, keys, torch.full_like(keys, 2.0))  # absent classes sort last
+    order = keys.argsort(dim=1)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(n_slots, device=device).expand(B, n_slots))
+    chosen = present & (rank < n_choose[:, None])
+    return chosen.gather(1, flat).reshape(source_labels.shape)
+
+
+def mix(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``M * a + (1 - M) * b`` with a (B,H,W) bool mask, broadcast over a channel dimension of
+    (B,C,H,W) inputs: ``a`` (source) inside the mask, ``b`` (target) outside."""
+    m = mask
+    if a.dim() == 4 and m.dim() == 3:
+        m = m[:, None]
+    return torch.where(m, a, b)
+
+
+# --------------------------------------------------------------------------------------- photometric
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114],
+                         [0.596, -0.274, -0.322],
+                         [0.211, -0.523, 0.312]], dtype=torch.float64)
+_YIQ2RGB = torch.linalg.inv(_RGB2YIQ)  # computed once on the host: no per-step inverse / sync
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+def color_jitter(images: torch.Tensor, strength: float, p: float, generator: torch.Generator | None,
+                 mean, std) -> torch.Tensor:
+    """Random colour jitter of each image with probability ``p`` (independently per image).
+
+    With ``s = strength``, factors are drawn per image: brightness ``b ~ U[1-s, 1+s]``, contrast
+    ``c ~ U[1-s, 1+s]``, saturation ``a ~ U[1-s, 1+s]``, hue shift ``h ~ U[-s, s]`` (fraction of
+    a full turn), applied in this fixed order on ``x = rgb/255`` with clamping to [0, 1] after each:
+
+    * brightness ``x <- b x``;
+    * contrast ``x <- c (x - m) + m``, ``m`` = the image's mean grey level;
+    * saturation ``x <- a (x - g) + g``, ``g`` = per-pixel grey (ITU-R 601 luma);
+    * hue: rotation by ``2 pi h`` of the chroma plane (I, Q) in YIQ space (luma kept).
+
+    This is the torchvision/kornia ``ColorJitter(s, s, s, s)`` family used by DACS/DAFormer
+    (with a fixed order and a YIQ hue rotation instead of an HSV round trip). Images not selected
+    are returned bit-identical.
+    """
+    if strength <= 0 or p <= 0:
+        return images
+    B = images.shape[0]
+    dev, dt = images.device, images.dtype
+    s = float(strength)
+    u = torch.rand(B, 5, generator=generator, device=dev).to(dt)
+    apply = u[:, 0] < p
+    bri, con, sat = (1 - s + 2 * s * u[:, 1:4]).unbind(1)
+    hue = (2 * u[:, 4] - 1) * s
+
+    x = denormalize(images, mean, std).clamp(0, 1)
+    x = (x * bri.view(B, 1, 1, 1)).clamp(0, 1)
+    m = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - m) * con.view(B, 1, 1, 1) + m).clamp(0, 1)
+    g = _gray(x)
+    x = ((x - g) * sat.view(B, 1, 1, 1) + g).clamp(0, 1)
+    # hue: YIQ rotation, all images at once (einsum over the channel axis)
+    yiq = torch.einsum("ij,bjhw->bihw", _RGB2YIQ.to(device=dev, dtype=dt), x)
+    theta = 2 * math.pi * hue
+    cos, sin = torch.cos(theta).view(B, 1, 1), torch.sin(theta).view(B, 1, 1)
+    i_, q_ = yiq[:, 1], yiq[:, 2]
+    yiq = torch.stack([yiq[:, 0], cos * i_ - sin * q_, sin * i_ + cos * q_], dim=1)
+    x = torch.einsum("ij,bjhw->bihw", _YIQ2RGB.to(device=dev, dtype=dt), yiq).clamp(0, 1)
+    return torch.where(apply.view(B, 1, 1, 1), renormalize(x, mean, std), images)
+
+
+def _odd_kernel_size(n: int) -> int:
+    """DACS kernel size: ``ceil(0.1 * n)`` made odd by rounding down (52 -> 51, 51 -> 51), >= 1."""
+    k = math.ceil(0.1 * n)
+    if k % 2 == 0:
+        k -= 1
+    return max(k, 1)
+
+
+def _gauss_kernels(sigma: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) normalised 1-D Gaussian kernels, one per sigma."""
+    r = torch.arange(k, device=sigma.device, dtype=sigma.dtype) - (k - 1) / 2
+    w = torch.exp(-(r[None] ** 2) / (2 * sigma[:, None] ** 2))
+    return w / w.sum(dim=1, keepdim=True)
+
+
+def gaussian_blur(images: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5,
+                  sigma_range: tuple[float, float] = (0.15, 1.15)) -> torch.Tensor:
+    """Gaussian blur of each image with probability ``p`` (DACS: ``p = 0.5``).
+
+    Per image ``sigma ~ U[0.15, 1.15]``; the separable kernel has ``ceil(0.1 H)`` x ``ceil(0.1 W)``
+    taps made odd (as DACS), reflect padding. Blurring is linear with unit-sum kernels, so it is
+    applied directly to the normalised images (identical to blurring the 0..255 image and
+    renormalising). Images not selected are returned unchanged.
+    """
+    B, C, H, W = images.shape
+    kh, kw = _odd_kernel_size(H), _odd_kernel_size(W)
+    if p <= 0 or (kh == 1 and kw == 1):
+        return images
+    dev, dt = images.device, images.dtype
+    u = torch.rand(B, 2, generator=generator, device=dev)
+    apply = u[:, 0] < p
+    lo, hi = sigma_range
+    sigma = (lo + (hi - lo) * u[:, 1]).to(torch.float32)
+    x = images.reshape(1, B * C, H, W)
+    if kh > 1:
+        wy = _gauss_kernels(sigma, kh).to(dt).repeat_interleave(C, dim=0).view(B * C, 1, kh, 1)
+        x = F.conv2d(F.pad(x, (0, 0, kh // 2, kh // 2), mode="reflect"), wy, groups=B * C)
+    if kw > 1:
+        wx = _gauss_kernels(sigma, kw).to(dt).repeat_interleave(C, dim=0).view(B * C, 1, 1, kw)
+        x = F.conv2d(F.pad(x, (kw // 2, kw // 2, 0, 0), mode="reflect"), wx, groups=B * C)
+    return torch.where(apply.view(B, 1, 1, 1), x.reshape(B, C, H, W), images)

@@ -1,0 +1,54 @@
+"""Entropy minimisation on the target (MinEnt, Vu et al., "AdvEnt", CVPR 2019).
+
+Losses per step:
+
+* ``'source.ce'`` (task group): ``CE(f(x_s), y_s)`` with the ``'source'`` class weighting computed
+  from the (detached) source logits at label resolution;
+* ``'target.ent'`` (alignment group, trade-off ``lambda_ent``, 0.001 in AdvEnt): the mean over
+  target pixels of the normalised entropy ``E_i = -(1/log K) sum_c P_ic log P_ic``,
+  ``P = softmax(f(x_t))`` upsampled (bilinear, as AdvEnt) to the target label/image resolution.
+  ``E`` lies in [0, 1]: 1 for a uniform prediction, 0 for a one-hot one.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from balda.config import MinEntConfig
+from balda.methods.base import StepOutput, Strategy, WeightingFactory
+from balda.methods.losses import entropy_map, resize_logits, weighted_cross_entropy
+from balda.models.base import Segmentor
+
+__all__ = ["MinEntStrategy"]
+
+
+class MinEntStrategy(Strategy):
+    """``MinEntStrategy(model, weighting, cfg, num_classes, mean, std, seed=0)`` (see module docstring)."""
+
+    def __init__(self, model: Segmentor, weighting: Optional[WeightingFactory], cfg: MinEntConfig,
+                 num_classes: int, mean=None, std=None, seed: int = 0, **extras):
+        super().__init__(model, weighting)
+        self.cfg = cfg
+        self.num_classes = int(num_classes)
+        self.seed = int(seed)  # deterministic strategy; kept for the common signature
+        self.source_weighting = self.make_weighting("source")
+
+    def compute_losses(self, model: Segmentor, batch: dict, step: int) -> StepOutput:
+        src, tgt = batch["source"], batch["target"]
+        ys = src["label"]
+        logs: dict[str, torch.Tensor] = {}
+        up_s = resize_logits(model(src["image"]).logits, ys.shape[-2:])
+        w_src = self.source_weighting(up_s.detach(), ys) if self.source_weighting is not None else None
+        if w_src is not None:
+            logs["weights/source"] = w_src.detach()
+        size_t = tuple(tgt["label"].shape[-2:]) if "label" in tgt else tuple(tgt["image"].shape[-2:])
+        up_t = resize_logits(model(tgt["image"]).logits, size_t)
+        ent = entropy_map(up_t).mean()
+        logs["minent/target_entropy"] = ent.detach()
+        return StepOutput(
+            losses={"source.ce": weighted_cross_entropy(up_s, ys, class_weights=w_src), "target.ent": ent},
+            weights={"target.ent": self.cfg.lambda_ent},
+            task=("source.ce",),
+            logs=logs,
+        )

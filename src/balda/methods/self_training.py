@@ -1,0 +1,325 @@
+"""Mean-teacher self-training with cross-domain ClassMix (DACS / DAFormer), specs/baselines.md.
+
+Per step, with student ``f`` (the trained segmentor) and EMA teacher ``f'``:
+
+1. Source loss ``'source.ce'`` (task group): ``CE(f(x_s), y_s)`` with the ``'source'`` class
+   weighting computed from the (detached) source logits at label resolution and ``y_s``.
+2. Pseudo-labels from the teacher on the *un-augmented* target image, logits upsampled
+   (bilinear) to label resolution: ``p = softmax(f'(x_t))``, ``yhat = argmax_c p``.
+   Confidence weight of image ``b``: ``q_b = (1/HW) sum_i [max_c p_ic >= tau]`` (tau =
+   ``pseudo_threshold``, 0.968), a scalar broadcast over the image; rows ``< ignore_top`` and
+   ``>= H - ignore_bottom`` get weight 0 (DAFormer: 15 / 120 on 512 crops).
+3. ClassMix per pair (source image ``b mod B_s`` with target image ``b``): ``M`` = pixels of half of
+   the classes present in that source label (:func:`~balda.methods.augment.classmix_masks`);
+   ``x_m = M x_s + (1-M) x_t``, ``y_m = M y_s + (1-M) yhat``, pixel weight ``m = M + (1-M) q``.
+   Then colour jitter and Gaussian blur on ``x_m`` (DACS "strong" augmentation).
+4. Target loss ``'target.ce'`` (alignment group, trade-off ``lambda_target``):
+   ``(1/|V|) sum_i w_{y_m,i} m_i CE_i(f(x_m), y_m)`` with ``w`` the ``'target'`` class weighting
+   computed from the mixed logits (label resolution) and the mixed hard labels ``y_m``.
+5. Optional ImageNet feature distance ``'source.fdist'`` (task group, trade-off ``fdist_lambda``,
+   DAFormer): on the last (bottleneck) backbone feature map, ``FD = mean_{j in T} ||F(x_s)_j -
+   F_IN(x_s)_j||_2`` over the feature positions ``j`` whose downscaled source label is a thing
+   class (``fdist_classes``); a position's label is its cell's majority class if that class covers
+   at least ``fdist_scale_min_ratio`` of the cell, else ignored. ``F_IN`` is the frozen ImageNet
+   model. Empty ``fdist_classes`` = all positions. No thing position in the batch -> 0.
+
+After the optimiser step (:meth:`after_step`, step ``t`` = the 0-based index of the iteration
+just taken) the teacher is updated as ``theta' <- a_t theta' + (1 - a_t) theta`` with
+``a_t = min(1 - 1/(t + 1), ema_alpha)``: ``a_0 = 0`` (teacher = student after the first step),
+``a_1 = 0.5``, ``a_10 = 10/11``, capped at 0.999. (DAFormer applies the same formula at the start
+of iteration ``t`` with the student of iteration ``t-1``; the schedule is the same up to this
+one-step index shift.)
+
+Deviations, documented: the teacher runs in eval mode (BatchNorm running statistics, no dropout;
+DACS/DAFormer run it in train mode), so its floating-point buffers (BN running statistics) are
+EMA-updated with the same ``a_t`` as the weights (integer buffers are copied). The colour jitter
+uses DACS/DAFormer's convention for ``color_jitter_p``: their code applies the jitter when
+``u > p`` with ``u ~ U(0,1)``, i.e. with probability ``1 - p`` (0.8 at the default ``p = 0.2``);
+it is reproduced here (per image).
+
+References: Tranheden et al., "DACS", WACV 2021; Hoyer et al., "DAFormer", CVPR 2022; Tarvainen &
+Valpola, "Mean teachers", NeurIPS 2017.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+from torch import nn
+
+from balda.config import SelfTrainingConfig
+from balda.data.labels import IGNORE_INDEX
+from balda.methods.augment import classmix_masks, color_jitter, gaussian_blur, mix, step_generator
+from balda.methods.base import StepOutput, Strategy, WeightingFactory
+from balda.methods.losses import resize_logits, weighted_cross_entropy
+from balda.models.base import Segmentor
+
+__all__ = ["SelfTrainingStrategy", "ema_alpha", "ema_update", "pseudo_label", "mixed_targets",
+           "downscale_label_ratio", "feature_distance"]
+
+
+def ema_alpha(step: int, cap: float) -> float:
+    """``a_t = min(1 - 1/(t + 1), cap)`` for the 0-based iteration index ``t``."""
+    return min(1.0 - 1.0 / (int(step) + 1), float(cap))
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
+    """``theta' <- alpha theta' + (1 - alpha) theta`` for every parameter and floating buffer
+    (integer buffers, e.g. BatchNorm's ``num_batches_tracked``, are copied). Fused foreach ops,
+    no host sync."""
+    tp, sp = list(teacher.parameters()), list(student.parameters())
+    if len(tp) != len(sp):
+        raise RuntimeError(f"EMA teacher has {len(tp)} parameters, the student {len(sp)}")
+    if tp:
+        torch._foreach_mul_(tp, alpha)
+        torch._foreach_add_(tp, sp, alpha=1.0 - alpha)
+    tb, sb = list(teacher.buffers()), list(student.buffers())
+    if len(tb) != len(sb):
+        raise RuntimeError(f"EMA teacher has {len(tb)} buffers, the student {len(sb)}")
+    for t, s in zip(tb, sb):
+        if t.is_floating_point():
+            t.mul_(alpha).add_(s, alpha=1.0 - alpha)
+        else:
+            t.copy_(s)
+
+
+def pseudo_label(logits: torch.Tensor, size: tuple[int, int], threshold: float, ignore_top: int = 0,
+                 ignore_bottom: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hard pseudo-labels and their pixel weights from teacher logits.
+
+    ``logits`` (B,K,h,w) are upsampled to ``size`` = (H, W). Returns ``labels`` (B,H,W) =
+    argmax softmax, ``pixel_weight`` (B,H,W) = ``q_b`` broadcast with the ignored rows set to 0,
+    and ``q`` (B,) = fraction of pixels of each image with max probability >= ``threshold``.
+    """
+    prob = torch.softmax(resize_logits(logits.float(), size), dim=1)
+    conf, labels = prob.max(dim=1)
+    q = (conf >= threshold).float().mean(dim=(1, 2))
+    B, H, W = labels.shape
+    rows = torch.arange(H, device=logits.device)
+    keep = (rows >= int(ignore_top)) & (rows < H - int(ignore_bottom))
+    pixel_weight = q.view(B, 1, 1) * keep.view(1, H, 1).to(q.dtype)
+    return labels, pixel_weight.expand(B, H, W), q
+
+
+def mixed_targets(mask: torch.Tensor, source_labels: torch.Tensor, pseudo_labels: torch.Tensor,
+                  pseudo_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ClassMix targets: ``y_m = M y_s + (1-M) yhat`` and ``m = M * 1 + (1-M) * q`` (DACS)."""
+    labels = mix(mask, source_labels.long(), pseudo_labels.long())
+    weight = torch.where(mask, torch.ones_like(pseudo_weight), pseudo_weight)
+    return labels, weight
+
+
+def downscale_label_ratio(labels: torch.Tensor, size: tuple[int, int], min_ratio: float, num_classes: int,
+                          ignore: int = IGNORE_INDEX) -> torch.Tensor:
+    """Downscale (B,H,W) labels to ``size`` = (h, w) by majority vote (DAFormer's FD labels).
+
+    Pixel ``(y, x)`` belongs to cell ``(floor(y h / H), floor(x w / W))`` (exact blocks when the
+    sizes divide). Each cell gets the most frequent value among the K classes *and* ``ignore``
+    (counted as one extra class); it is set to ``ignore`` when that is the winner or when its share of
+    the cell is below ``min_ratio``. Counting is one scatter-add, no one-hot of the full label map.
+    """
+    B, H, W = labels.shape
+    h, w = int(size[0]), int(size[1])
+    K = int(num_classes)
+    dev = labels.device
+    lab = labels.long()
+    lab = torch.where((lab >= 0) & (lab < K), lab, torch.full_like(lab, K))
+    ry = torch.arange(H, device=dev) * h // H
+    rx = torch.arange(W, device=dev) * w // W
+    cell = (ry[:, None] * w + rx[None, :])
+    idx = (lab * (h * w) + cell).reshape(B, -1)
+    counts = torch.zeros(B, (K + 1) * h * w, device=dev)
+    counts.scatter_add_(1, idx, torch.ones_like(idx, dtype=counts.dtype))
+    counts = counts.view(B, K + 1, h, w)
+    total = counts.sum(dim=1).clamp_min(1)
+    best, cls = counts.max(dim=1)
+    ratio = best / total
+    bad = (cls == K) | (ratio < min_ratio)
+    return torch.where(bad, torch.full_like(cls, ignore), cls)
+
+
+def feature_distance(feat: torch.Tensor, feat_ref: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean over positions (inside ``mask`` if given) of ``||feat - feat_ref||_2`` over channels;
+    0 (with a graph) when the mask is empty."""
+    d = torch.linalg.vector_norm(feat.float() - feat_ref.detach().float(), dim=1)
+    if mask is None:
+        return d.mean()
+    m = mask.to(d.dtype)
+    return (d * m).sum() / m.sum().clamp_min(1)
+
+
+def _last_feature(out) -> torch.Tensor:
+    """The bottleneck map of a backbone output (last of a list/tuple/dict, or the tensor itself)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        return list(out.values())[-1]
+    return out[-1]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def _ce_term(logits, labels, weighting, pixel_weights=None):
+    """Weighted CE at label resolution and the class weights (or None) from ``weighting``."""
+    up = resize_logits(logits, labels.shape[-2:])
+    weights = weighting(up.detach(), labels) if weighting is not None else None
+    return weighted_cross_entropy(up, labels, class_weights=weights, pixel_weights=pixel_weights), weights
+
+
+class SelfTrainingStrategy(Strategy):
+    """DACS/DAFormer self-training (see module docstring).
+
+    ``SelfTrainingStrategy(model, weighting, cfg, num_classes, mean, std, seed=0, imnet_model=None)``
+
+    * ``teacher``: the EMA teacher (a deep copy of ``model``; no gradients, always in eval mode;
+      saved in the strategy's ``state_dict``).
+    * ``imnet_model``: frozen ImageNet model for the feature distance (a Segmentor, whose
+      ``backbone`` is used, or a backbone module). Held outside the module tree, so it is neither
+      checkpointed (it is reloaded from its weights file) nor counted as trainable; it is moved to
+      the batch's device on first use.
+    * :meth:`eval_model` returns the *student* (as DAFormer evaluates); use ``teacher`` to evaluate
+      the EMA model instead.
+    """
+
+    def __init__(self, model: Segmentor, weighting: Optional[WeightingFactory], cfg: SelfTrainingConfig,
+                 num_classes: int, mean, std, seed: int = 0, imnet_model: Optional[nn.Module] = None, **extras):
+        super().__init__(model, weighting)
+        self.cfg = cfg
+        self.num_classes = int(num_classes)
+        self.seed = int(seed)
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1).clone(),
+                             persistent=False)
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1).clone(),
+                             persistent=False)
+        self.teacher = copy.deepcopy(_unwrap(model))
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        self.source_weighting = self.make_weighting("source")
+        self.target_weighting = self.make_weighting("target")
+        self._imnet: tuple[nn.Module, ...] = ()
+        if imnet_model is not None:
+            imnet_model.eval().requires_grad_(False)
+            self._imnet = (imnet_model,)
+        # lookup table over label values 0..255: True for the feature-distance ("thing") classes
+        lut = torch.zeros(256, dtype=torch.bool)
+        lut[torch.as_tensor(list(cfg.fdist_classes), dtype=torch.long)] = True
+        self.register_buffer("fdist_lut", lut, persistent=False)
+        self._fdist_all = len(cfg.fdist_classes) == 0
+
+    # ------------------------------------------------------------------------------------ modes
+    def train(self, mode: bool = True):  # noqa: D401 - nn.Module API
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    @property
+    def imnet_model(self) -> Optional[nn.Module]:
+        return self._imnet[0] if self._imnet else None
+
+    @property
+    def fdist_enabled(self) -> bool:
+        return bool(self._imnet) and self.cfg.fdist_lambda > 0
+
+    def current_alpha(self, step: int) -> float:
+        return ema_alpha(step, self.cfg.ema_alpha)
+
+    def eval_model(self, model: Segmentor) -> nn.Module:
+        """The student (DAFormer evaluates the student); the EMA model is :attr:`teacher`."""
+        return model
+
+    # ----------------------------------------------------------------------------------- losses
+    def _imnet_features(self, images: torch.Tensor) -> torch.Tensor:
+        net = self._imnet[0]
+        p = next(net.parameters(), None)
+        if p is not None and p.device != images.device:
+            net.to(images.device)
+        with torch.no_grad():
+            out = net.backbone(images) if hasattr(net, "backbone") else net(images)
+        return _last_feature(out).detach()
+
+    def compute_losses(self, model: Segmentor, batch: dict, step: int) -> StepOutput:
+        cfg = self.cfg
+        src, tgt = batch["source"], batch["target"]
+        xs, ys, xt = src["image"], src["label"], tgt["image"]
+        if xs.shape[-2:] != xt.shape[-2:] or ys.shape[-2:] != xs.shape[-2:]:
+            raise ValueError("self-training mixes source and target pixels: source image "
+                             f"{tuple(xs.shape[-2:])}, source label {tuple(ys.shape[-2:])} and target image "
+                             f"{tuple(xt.shape[-2:])} must have the same size (use the same crop)")
+        losses: dict[str, torch.Tensor] = {}
+        weights: dict[str, float] = {}
+        logs: dict[str, torch.Tensor] = {}
+        task = ["source.ce"]
+
+        # 1. source CE (+ backbone bottleneck features for the feature distance)
+        captured: list = []
+        hook = None
+        if self.fdist_enabled:
+            hook = _unwrap(model).backbone.register_forward_hook(lambda m, i, o: captured.append(o))
+        try:
+            out_s = model(xs)
+        finally:
+            if hook is not None:
+                hook.remove()
+        losses["source.ce"], w_src = _ce_term(out_s.logits, ys, self.source_weighting)
+        if w_src is not None:
+            logs["weights/source"] = w_src.detach()
+
+        # 5. ImageNet feature distance on thing classes
+        if self.fdist_enabled:
+            feat = _last_feature(captured[-1])
+            feat_in = self._imnet_features(xs)
+            mask = None
+            if not self._fdist_all:
+                small = downscale_label_ratio(ys, feat.shape[-2:], cfg.fdist_scale_min_ratio, self.num_classes)
+                mask = self.fdist_lut[small.clamp(0, 255)]
+            losses["source.fdist"] = feature_distance(feat, feat_in, mask)
+            weights["source.fdist"] = cfg.fdist_lambda
+            task.append("source.fdist")
+
+        # 2. pseudo-labels from the teacher on the un-augmented target
+        g = step_generator(self.seed, step, xt.device)
+        with torch.no_grad():
+            t_logits = self.teacher(xt).logits
+        # label construction and photometric augmentation in float32 (outside any autocast region)
+        with torch.no_grad(), torch.autocast(xt.device.type, enabled=False):
+            pseudo, pix_w, q = pseudo_label(t_logits, tuple(xt.shape[-2:]), cfg.pseudo_threshold,
+                                            cfg.ignore_top, cfg.ignore_bottom)
+            # 3. ClassMix (source b mod B_s pasted on target b) + strong augmentation
+            Bs, Bt = xs.shape[0], xt.shape[0]
+            if Bs != Bt:
+                pair = torch.arange(Bt, device=xs.device) % Bs
+                xs_p, ys_p = xs.index_select(0, pair), ys.index_select(0, pair)
+            else:
+                xs_p, ys_p = xs, ys
+            if cfg.mix == "classmix":
+                mask = classmix_masks(ys_p, g)
+            else:
+                mask = torch.zeros_like(pseudo, dtype=torch.bool)
+            x_mix = mix(mask, xs_p, xt)
+            y_mix, w_mix = mixed_targets(mask, ys_p, pseudo, pix_w)
+            x_mix = color_jitter(x_mix, cfg.color_jitter_strength, 1.0 - cfg.color_jitter_p, g, self.mean,
+                                 self.std)
+            if cfg.blur:
+                x_mix = gaussian_blur(x_mix, g)
+
+        # 4. mixed pseudo-label CE
+        out_m = model(x_mix)
+        losses["target.ce"], w_tgt = _ce_term(out_m.logits, y_mix, self.target_weighting, pixel_weights=w_mix)
+        weights["target.ce"] = cfg.lambda_target
+        if w_tgt is not None:
+            logs["weights/target"] = w_tgt.detach()
+
+        logs["st/pseudo_conf"] = q.mean()
+        logs["st/ema_alpha"] = torch.tensor(self.current_alpha(step))
+        logs["st/mix_ratio"] = mask.float().mean()
+        return StepOutput(losses=losses, weights=weights, task=tuple(task), logs=logs)
+
+    # -------------------------------------------------------------------------------- post-step
+    def after_step(self, model: Segmentor, step: int) -> dict[str, torch.Tensor]:
+        """EMA update of the teacher with ``a_t = min(1 - 1/(t+1), ema_alpha)``."""
+        ema_update(self.teacher, _unwrap(model), self.current_alpha(step))
+        return {}
