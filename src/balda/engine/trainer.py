@@ -199,13 +199,25 @@ class Trainer:
         model = self.ddp_model or self.model
         model.train()
         batch = _to_device(batch, self.device)
+        # BatchNorm running statistics change during the forward pass: keep a copy so that a
+        # step with a non-finite loss leaves the whole model state (not only the weights) intact.
+        buffers = list(self.model.buffers())
+        saved = [b.clone() for b in buffers]
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             out = self.strategy.compute_losses(model, batch, self.step)
         total = out.total()
         logs = dict(out.logs)
         for n, v in out.losses.items():
             logs[f"loss/{n}"] = v.detach()
-        if not self._check_finite(total, out):
+        try:
+            finite = self._check_finite(total, out)
+        except NonFiniteLossError:
+            if buffers:
+                torch._foreach_copy_(buffers, saved)
+            raise
+        if not finite:
+            if buffers:
+                torch._foreach_copy_(buffers, saved)
             self.optimizer.zero_grad(set_to_none=True)
             return logs
         self.skipped = 0
