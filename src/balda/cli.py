@@ -4,6 +4,7 @@
     balda eval RUN_OR_CKPT [--export DIR] [key=value]  evaluate a run or checkpoint on its val split
     balda generate streets --out DIR                   write the embedded two-domain benchmark
     balda demo                                         the main job: benchmark + methods + table + plots
+    balda bench [--quick] [--seeds N] [--methods ...]  the results grid (resumable, one process per cell)
     balda configs                                      list the configs shipped with balda
 
 CONFIG is a path to a YAML file or the name of a shipped config (``streets/self_training``).
@@ -120,6 +121,35 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from balda.experiments import CATALOG, DEFAULT_BENCH_METHODS, QUICK_BENCH_METHODS, run_grid
+
+    if args.list:
+        for name, (config, over) in CATALOG.items():
+            print(f"{name:<30} {config} {' '.join(over)}")
+        return 0
+    methods = args.methods or list(QUICK_BENCH_METHODS if args.quick else DEFAULT_BENCH_METHODS)
+    unknown = [m for m in methods if m not in CATALOG]
+    if unknown:
+        raise ConfigError(f"--methods: unknown method(s) {unknown}; see `balda bench --list`")
+    summary = run_grid(methods, range(args.seeds), Path(args.data), Path(args.out), quick=args.quick,
+                       subprocess_mode=not args.in_process, progress=not args.no_progress, extra=args.overrides)
+    if summary:
+        print(summary["markdown"])
+        print(f"results in {args.out} ({summary['seconds']:.0f} s)")
+    return 0
+
+
+def _cmd_cpsl_prepare(args) -> int:
+    from balda.methods.cpsl_prepare import prepare_from_checkpoint
+
+    out = prepare_from_checkpoint(Path(args.run), Path(args.out), overrides=args.overrides, device=args.device,
+                                  progress=not args.no_progress, batch_size=args.batch_size)
+    print(f"CPSL pseudo-labels, class prior and prototypes written to {args.out}")
+    print(f"train stage 1 with: balda train <config> method.name=cpsl method.cpsl.prepared={args.out}")
+    return 0
+
+
 def _cmd_configs(args) -> int:
     for name in shipped_configs():
         print(name)
@@ -182,6 +212,36 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seeds", type=int, default=1)
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_cmd_demo)
+
+    b = sub.add_parser("bench", help="run the method grid on the embedded benchmark (results table)",
+                       description="Train a grid of methods x seeds on the embedded benchmark, each cell in its "
+                                   "own process, skipping cells already finished (an interrupted grid resumes), "
+                                   "and write summary.md / summary.json / runs.csv and comparison plots.")
+    b.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every cell")
+    b.add_argument("--out", default="results/streets", help="output folder (default: results/streets)")
+    b.add_argument("--data", default="data/streets", help="benchmark folder (generated if missing)")
+    b.add_argument("--methods", nargs="*", default=None, help="methods of the catalogue (see --list)")
+    b.add_argument("--seeds", type=int, default=3)
+    b.add_argument("--quick", action="store_true", help="few iterations and a small method set (smoke test)")
+    b.add_argument("--in-process", action="store_true", help="run cells in this process (no subprocesses)")
+    b.add_argument("--list", action="store_true", help="list the method catalogue and exit")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=_cmd_bench)
+
+    cp = sub.add_parser("cpsl", help="CPSL utilities")
+    cpsub = cp.add_subparsers(dest="what", required=True, metavar="WHAT")
+    pr = cpsub.add_parser("prepare", help="store the warm-up model's soft pseudo-labels, class prior and prototypes",
+                          description="From a warm-up run (source-only or adversarial) compute, over the target "
+                                      "train set, the fixed soft pseudo-labels (float16, reduced resolution), the "
+                                      "class prior r and the prototype initialisation that CPSL stage 1 needs. "
+                                      "Resumable: images already written are skipped.")
+    pr.add_argument("run", metavar="RUN_OR_CKPT")
+    pr.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the run's saved config")
+    pr.add_argument("--out", required=True, help="folder to write (use as method.cpsl.prepared)")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--batch-size", type=int, default=1)
+    pr.add_argument("--no-progress", action="store_true")
+    pr.set_defaults(func=_cmd_cpsl_prepare)
 
     c = sub.add_parser("configs", help="list the shipped configs")
     c.set_defaults(func=_cmd_configs)

@@ -49,6 +49,10 @@ CATALOG: dict[str, tuple[str, tuple[str, ...]]] = {
                                                        "balancing.combiner=gh")),
 }
 
+#: The full grid of ``balda bench``.
+DEFAULT_BENCH_METHODS = tuple(CATALOG)
+#: ``balda bench --quick``.
+QUICK_BENCH_METHODS = ("source_only", "oracle", "self_training", "self_training+gbw", "advent", "advent+gh")
 #: What ``balda demo`` trains by default (<= 10 minutes on 2 CPU cores).
 DEMO_METHODS = ("source_only", "oracle", "self_training", "advent", "minent", "self_training+gbw", "advent+gh")
 

@@ -171,3 +171,29 @@ def test_train_transform_from_config_and_validation():
         TrainTransform(crop=[4])
     with pytest.raises(ValueError, match="data.flip"):
         TrainTransform(crop=[4, 4], flip=2)
+
+
+def test_geometry_locates_the_crop_and_flip():
+    """crop_box (fractions of the resized image) and flip let a caller cut the same window out of a
+    whole-image map: CPSL aligns its stored pseudo-labels this way."""
+    import numpy as np
+    import torch
+
+    from balda.data.transforms import TrainTransform
+
+    H, W = 20, 40
+    yy, xx = np.mgrid[0:H, 0:W]
+    label = (yy * W + xx).astype(np.int64) % 250
+    image = np.zeros((H, W, 3), np.uint8)
+    t = TrainTransform(crop=(8, 16), flip=0.5, mean=(0, 0, 0), std=(1, 1, 1))
+    seen_flip = set()
+    for seed in range(12):
+        _, lab, geom = t(image, label.astype(np.uint8), np.random.default_rng(seed), return_geometry=True)
+        y0, x0, y1, x1 = (geom["crop_box"] * torch.tensor([H, W, H, W])).round().long().tolist()
+        ref = label[y0:y1, x0:x1]
+        if bool(geom["flip"]):
+            ref = ref[:, ::-1]
+        seen_flip.add(bool(geom["flip"]))
+        assert (y1 - y0, x1 - x0) == (8, 16)
+        np.testing.assert_array_equal(lab.numpy(), ref)
+    assert seen_flip == {True, False}

@@ -90,9 +90,9 @@ class TrainView(Dataset):
         if self.label_filter is not None and label is not None:
             label = self.label_filter(index, label)
         rng = np.random.default_rng(seed)
-        img_t, lab_t = self.transform(image, label, rng, required_class=None if required < 0 else required,
-                                      min_class_pixels=min_pixels)
-        return {"image": img_t, "label": lab_t, "index": torch.tensor(index, dtype=torch.long)}
+        img_t, lab_t, geom = self.transform(image, label, rng, required_class=None if required < 0 else required,
+                                            min_class_pixels=min_pixels, return_geometry=True)
+        return {"image": img_t, "label": lab_t, "index": torch.tensor(index, dtype=torch.long), **geom}
 
 
 class StepBatchSampler:

@@ -60,8 +60,8 @@ def _class_counts(label: np.ndarray) -> np.ndarray:
 
 def random_crop(image: np.ndarray, label: Optional[np.ndarray], crop_hw, rng: np.random.Generator,
                 cat_max_ratio: float = 1.0, ignore: int = IGNORE_INDEX, attempts: int = 10,
-                required_class: Optional[int] = None, min_class_pixels: int = 0):
-    """Random ``crop_hw`` crop of the image and label.
+                required_class: Optional[int] = None, min_class_pixels: int = 0, return_box: bool = False):
+    """Random ``crop_hw`` crop of the image and label (and, with ``return_box``, its ``(y, x)`` offset).
 
     * Inputs smaller than the crop are first padded at the bottom/right (image 0, label ``ignore``).
     * Each crop position is drawn as ``off_h = rng.integers(0, H - h + 1)`` then
@@ -117,6 +117,8 @@ def random_crop(image: np.ndarray, label: Optional[np.ndarray], crop_hw, rng: np
     image = image[y:y + ch, x:x + cw]
     if label is not None:
         label = label[y:y + ch, x:x + cw]
+    if return_box:
+        return image, label, (y, x)
     return image, label
 
 
@@ -185,7 +187,9 @@ class TrainTransform:
     ``(image FloatTensor (3, h, w), label LongTensor (h, w))``; an absent label (unlabelled target)
     gives an all-255 label of the output size. Random draws, in order: crop (see
     :func:`random_crop`), flip (``rng.random() < flip``), jitter (only if ``jitter > 0``).
-    ``crop=None`` keeps the (resized) size.
+    ``crop=None`` keeps the (resized) size. With ``return_geometry=True`` a third value gives where
+    the sample came from: ``crop_box`` ``(y0, x0, y1, x1)`` as fractions of the resized image and
+    ``flip`` (applied after the crop); CPSL uses it to align stored whole-image pseudo-labels.
     """
 
     def __init__(self, crop=None, resize=None, flip: float = 0.5, cat_max_ratio: float = 1.0,
@@ -222,14 +226,19 @@ class TrainTransform:
                 f"cat_max_ratio={self.cat_max_ratio}, jitter={self.jitter})")
 
     def __call__(self, image: np.ndarray, label: Optional[np.ndarray], rng: np.random.Generator,
-                 required_class: Optional[int] = None, min_class_pixels: int = 0):
+                 required_class: Optional[int] = None, min_class_pixels: int = 0, return_geometry: bool = False):
         if self.resize is not None:
             image, label = resize(image, label, self.resize)
+        H, W = image.shape[:2]
+        box = (0.0, 0.0, 1.0, 1.0)
         if self.crop is not None:
-            image, label = random_crop(image, label, self.crop, rng, cat_max_ratio=self.cat_max_ratio,
-                                       ignore=self.ignore, attempts=self.crop_attempts,
-                                       required_class=required_class, min_class_pixels=min_class_pixels)
-        if rng.random() < self.flip:
+            image, label, (y, x) = random_crop(image, label, self.crop, rng, cat_max_ratio=self.cat_max_ratio,
+                                               ignore=self.ignore, attempts=self.crop_attempts,
+                                               required_class=required_class, min_class_pixels=min_class_pixels,
+                                               return_box=True)
+            box = (y / H, x / W, (y + self.crop[0]) / H, (x + self.crop[1]) / W)
+        flipped = bool(rng.random() < self.flip)
+        if flipped:
             image, label = hflip(image, label)
         if self.jitter > 0:
             image = photometric_jitter(image, rng, self.jitter)
@@ -238,6 +247,8 @@ class TrainTransform:
             lab_t = torch.full(image.shape[:2], self.ignore, dtype=torch.long)
         else:
             lab_t = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))
+        if return_geometry:
+            return img_t, lab_t, {"crop_box": torch.tensor(box, dtype=torch.float32), "flip": torch.tensor(flipped)}
         return img_t, lab_t
 
 

@@ -1,0 +1,22 @@
+import json
+
+from balda.experiments import Cell, run_grid
+
+
+def test_tiny_grid_end_to_end_and_resumable(tiny_streets, tmp_path):
+    """A 2-method x 2-seed grid runs, writes the table, and a second call re-runs nothing."""
+    extra = ["train.iters=2", "train.log_every=1", "model.width=8", "data.crop=[32, 64]", "data.batch_source=2",
+             "data.batch_target=2", "train.tensorboard=false"]
+    out = tmp_path / "grid"
+    s = run_grid(["source_only", "self_training+gbw"], [0, 1], tiny_streets, out, progress=False, extra=extra)
+    assert set(s["table"]) == {"source_only", "self_training+gbw"}
+    md = (out / "summary.md").read_text()
+    assert "| source_only | 2 |" in md and "self_training+gbw" in md
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["runs"]) == 4
+    assert (out / "class_iou.png").is_file() and (out / "miou.png").is_file()
+    cfg = (out / Cell("self_training+gbw", 1).name / "config.yaml").read_text()
+    assert "class_weights: gbw" in cfg and "seed: 1" in cfg
+    stamp = (out / Cell("source_only", 0).name / "final_metrics.json").stat().st_mtime_ns
+    run_grid(["source_only"], [0], tiny_streets, out, progress=False, extra=extra)
+    assert (out / Cell("source_only", 0).name / "final_metrics.json").stat().st_mtime_ns == stamp
