@@ -20,3 +20,17 @@ def test_tiny_grid_end_to_end_and_resumable(tiny_streets, tmp_path):
     stamp = (out / Cell("source_only", 0).name / "final_metrics.json").stat().st_mtime_ns
     run_grid(["source_only"], [0], tiny_streets, out, progress=False, extra=extra)
     assert (out / Cell("source_only", 0).name / "final_metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_cpsl_cell_runs_warmup_prepare_and_stage1(tiny_streets, tmp_path):
+    """The CPSL cell trains its AdvEnt warm-up, prepares pseudo-labels from it, then trains stage 1."""
+    extra = ["train.iters=2", "train.log_every=1", "model.width=8", "data.crop=[32, 64]", "data.batch_source=2",
+             "data.batch_target=2", "train.tensorboard=false", "method.cpsl.bank_size=64",
+             "method.cpsl.samples_per_image=8"]
+    out = tmp_path / "grid"
+    s = run_grid(["cpsl"], [0], tiny_streets, out, progress=False, extra=extra)
+    assert "cpsl" in s["table"]
+    assert (out / "advent_s0" / "final_metrics.json").is_file()
+    assert (out / "cpsl_prepared_s0" / "manifest.json").is_file()
+    logged = (out / "cpsl_s0" / "metrics.jsonl").read_text()
+    assert "cpsl/assign_marginal" in logged and "loss/target.sl" in logged

@@ -43,8 +43,11 @@ def _cmd_train(args) -> int:
     from balda.engine.trainer import train
 
     dist.init_from_env()
-    cfg = load_config(resolve_config(args.config), args.overrides)
-    metrics = train(cfg, resume=args.resume or False, progress=not args.no_progress)
+    try:
+        cfg = load_config(resolve_config(args.config), args.overrides)
+        metrics = train(cfg, resume=args.resume or False, progress=not args.no_progress)
+    finally:
+        dist.shutdown()
     if dist.is_main() and metrics is not None:
         print(metrics.format_table())
         print(f"\nrun written to {cfg.run_dir}")
@@ -133,7 +136,8 @@ def _cmd_bench(args) -> int:
     if unknown:
         raise ConfigError(f"--methods: unknown method(s) {unknown}; see `balda bench --list`")
     summary = run_grid(methods, range(args.seeds), Path(args.data), Path(args.out), quick=args.quick,
-                       subprocess_mode=not args.in_process, progress=not args.no_progress, extra=args.overrides)
+                       subprocess_mode=not args.in_process, progress=not args.no_progress, extra=args.overrides,
+                       jobs=args.jobs)
     if summary:
         print(summary["markdown"])
         print(f"results in {args.out} ({summary['seconds']:.0f} s)")
@@ -224,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, default=3)
     b.add_argument("--quick", action="store_true", help="few iterations and a small method set (smoke test)")
     b.add_argument("--in-process", action="store_true", help="run cells in this process (no subprocesses)")
+    b.add_argument("--jobs", type=int, default=1, help="cells run at once (each with cores/jobs threads)")
     b.add_argument("--list", action="store_true", help="list the method catalogue and exit")
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=_cmd_bench)

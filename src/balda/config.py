@@ -88,6 +88,8 @@ class ModelConfig:
     freeze_bn: bool = False
     #: Width multiplier of the small CPU model.
     width: int = 32
+    #: Output stride of the small CPU model (2 adds a stem-level refinement stage; 4 is plain).
+    output_stride: int = 4
     sync_bn: bool = False
 
 

@@ -47,7 +47,14 @@ CATALOG: dict[str, tuple[str, tuple[str, ...]]] = {
     "self_training+gh": ("streets/self_training", ("balancing.combiner=gh",)),
     "self_training+gbw+gh": ("streets/self_training", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free",
                                                        "balancing.combiner=gh")),
+    "cpsl": ("streets/cpsl", ()),
+    "cpsl+gbw": ("streets/cpsl", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
+    **{f"{sel}@{b}%": (f"streets/active_{sel}", (f"active.budget={b / 100}",))
+       for b in (2, 5, 10) for sel in ("ripu", "cbda")},
 }
+
+#: Methods that start from another method's finished run of the same seed (CPSL's warm-up).
+WARMUP = {"cpsl": "advent", "cpsl+gbw": "advent"}
 
 #: The full grid of ``balda bench``.
 DEFAULT_BENCH_METHODS = tuple(CATALOG)
@@ -86,6 +93,21 @@ def cell_config(cell: Cell, data: Path, out: Path, quick: bool = False, extra: I
     return load_config(resolve_config(CATALOG[cell.method][0]), cell_overrides(cell, data, out, quick, extra))
 
 
+def prepare_warmup(cell: Cell, data: Path, out: Path, quick: bool, extra: Iterable[str], subprocess_mode: bool,
+                   progress: bool) -> list[str]:
+    """For CPSL: finish the warm-up cell, run ``balda cpsl prepare`` on it; return the extra override."""
+    warm = Cell(WARMUP[cell.method], cell.seed)
+    run_cell(warm, data, out, quick, extra, subprocess_mode, progress)
+    prepared = out / f"cpsl_prepared_s{cell.seed}"
+    if not (prepared / "manifest.json").is_file():
+        from balda.methods.cpsl_prepare import prepare_from_checkpoint
+
+        over = [f"data.target.root={data / 'target'}", f"data.val.root={data / 'target'}",
+                "method.cpsl.pseudo_stride=2"]
+        prepare_from_checkpoint(out / warm.name, prepared, overrides=over, progress=progress)
+    return [f"method.cpsl.prepared={prepared}"]
+
+
 def is_done(cell: Cell, out: Path) -> bool:
     return (out / cell.name / "final_metrics.json").is_file()
 
@@ -93,6 +115,8 @@ def is_done(cell: Cell, out: Path) -> bool:
 def run_cell(cell: Cell, data: Path, out: Path, quick: bool = False, extra: Iterable[str] = (),
              subprocess_mode: bool = False, progress: bool = True) -> dict:
     """Train and evaluate one cell (resuming its run if interrupted); return its final metrics."""
+    if not is_done(cell, out) and cell.method in WARMUP:
+        extra = list(extra) + prepare_warmup(cell, data, out, quick, extra, subprocess_mode, progress)
     if not is_done(cell, out):
         if subprocess_mode:
             cmd = [sys.executable, "-m", "balda.cli", "train", CATALOG[cell.method][0],
@@ -199,16 +223,33 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
 
 
 def run_grid(methods: Iterable[str], seeds: Iterable[int], data: Path, out: Path, quick: bool = False,
-             subprocess_mode: bool = False, progress: bool = True, extra: Iterable[str] = ()) -> dict:
+             subprocess_mode: bool = False, progress: bool = True, extra: Iterable[str] = (), jobs: int = 1) -> dict:
+    """Run every (method, seed) cell not yet finished, ``jobs`` subprocesses at a time (each with
+    ``cpu_count // jobs`` threads), then summarise. With ``jobs > 1`` cells always run in subprocesses."""
     methods, seeds = list(methods), list(seeds)
     out.mkdir(parents=True, exist_ok=True)
     ensure_benchmark(data, progress)
     cells = [Cell(m, s) for s in seeds for m in methods]
     t0 = time.time()
-    for i, cell in enumerate(cells):
-        state = "done" if is_done(cell, out) else "running"
-        print(f"[{i + 1}/{len(cells)}] {cell.method} seed {cell.seed}: {state}", flush=True)
-        run_cell(cell, data, out, quick, extra, subprocess_mode, progress)
+    if jobs > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        todo = [c for c in cells if not is_done(c, out)]
+        print(f"{len(cells) - len(todo)} of {len(cells)} cells already done; running {len(todo)} "
+              f"with {jobs} jobs x {threads} threads", flush=True)
+        with ThreadPoolExecutor(jobs) as pool:
+            futures = {pool.submit(run_cell, c, data, out, quick, extra, True, False): c for c in todo}
+            for i, fut in enumerate(futures):
+                fut.result()
+                print(f"[{i + 1}/{len(todo)}] {futures[fut].method} seed {futures[fut].seed}: done "
+                      f"({time.time() - t0:.0f} s)", flush=True)
+    else:
+        for i, cell in enumerate(cells):
+            state = "done" if is_done(cell, out) else "running"
+            print(f"[{i + 1}/{len(cells)}] {cell.method} seed {cell.seed}: {state}", flush=True)
+            run_cell(cell, data, out, quick, extra, subprocess_mode, progress)
     summary = summarize(out, methods, seeds)
     summary["seconds"] = time.time() - t0
     return summary

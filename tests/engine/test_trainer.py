@@ -99,3 +99,19 @@ def test_cli_reports_bad_config_key(tiny_streets, tmp_path, capsys):
     rc = main(["train", "streets/source_only", "train.iterz=3"])
     assert rc == 2
     assert "train.iterz" in capsys.readouterr().err
+
+
+def test_active_run_acquires_labels_in_rounds(tiny_config):
+    """RIPU rounds run at their iterations, write masks + manifest, and the labelled set grows."""
+    cfg = tiny_config("streets/active_ripu", "active.rounds=[0.25, 0.5]", "active.budget=0.05", iters=4)
+    tr = Trainer(cfg)
+    tr.fit()
+    import json as _json
+
+    root = cfg.run_dir / "active"
+    manifest = _json.loads((root / "manifest.json").read_text())
+    assert len(list((root / "masks").glob("*.png"))) > 0
+    text = _json.dumps(manifest)
+    assert "round" in text
+    recs = [r for r in __import__("balda.engine.logger", fromlist=["x"]).read_metrics(cfg.run_dir, "active")]
+    assert [r["step"] for r in recs] == [1, 2]

@@ -48,7 +48,7 @@ def build_model(cfg: ModelConfig) -> Segmentor:
                               f"expected one of {sorted(MIT_SETTINGS)}")
         model = DAFormer(cfg.backbone, cfg.num_classes, freeze_bn=cfg.freeze_bn)
     elif cfg.name == "small":
-        model = SmallSegNet(cfg.num_classes, cfg.width, freeze_bn=cfg.freeze_bn)
+        model = SmallSegNet(cfg.num_classes, cfg.width, freeze_bn=cfg.freeze_bn, output_stride=cfg.output_stride)
     else:
         raise ConfigError(f"model.name: unknown model {cfg.name!r}; expected deeplabv2, daformer or small")
     if cfg.pretrained:

@@ -78,9 +78,10 @@ class Bottleneck(nn.Module):
 class SmallEncoder(nn.Module):
     """Residual conv encoder, output stride 8; returns the four stage maps (strides 4, 8, 8, 8)."""
 
-    def __init__(self, width: int = 32, in_channels: int = 3):
+    def __init__(self, width: int = 32, in_channels: int = 3, return_stem: bool = False):
         super().__init__()
         w = width
+        self.return_stem = return_stem
         self.out_channels = [w, 2 * w, 4 * w, 4 * w]
         self.strides = [4, 8, 8, 8]
         self.stem = conv_bn(in_channels, w, 3, stride=2)
@@ -90,11 +91,12 @@ class SmallEncoder(nn.Module):
         self.layer4 = nn.Sequential(Bottleneck(4 * w, 4 * w, dilation=4), Bottleneck(4 * w, 4 * w, dilation=4))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        c1 = self.layer1(self.stem(x))
+        s = self.stem(x)
+        c1 = self.layer1(s)
         c2 = self.layer2(c1)
         c3 = self.layer3(c2)
         c4 = self.layer4(c3)
-        return [c1, c2, c3, c4]
+        return [s, c1, c2, c3, c4] if self.return_stem else [c1, c2, c3, c4]
 
 
 class PyramidPooling(nn.Module):
@@ -121,8 +123,15 @@ class PyramidPooling(nn.Module):
 class SmallHead(nn.Module):
     """Context (pyramid pooling) + stride-4 skip decoder + 1x1 classifier (see module docstring)."""
 
-    def __init__(self, in_channels: list[int], num_classes: int, channels: int, skip_channels: int):
+    def __init__(self, in_channels: list[int], num_classes: int, channels: int, skip_channels: int,
+                 stem_channels: int | None = None):
         super().__init__()
+        # Optional stride-2 refinement: upsample the stride-4 features and fuse a projection of the
+        # stem output, so thin classes (poles, signs) survive at the embedded benchmark's 128x256.
+        self.refine = None
+        if stem_channels is not None:
+            self.stem_skip = conv_bn(stem_channels, skip_channels, 1)
+            self.refine = sep_conv_bn(channels + skip_channels, channels)
         self.ppm = PyramidPooling(in_channels[-1], in_channels[-1] // 4)
         self.context = nn.Sequential(conv_bn(self.ppm.out_channels, channels, 1), conv_bn(channels, channels, 3))
         self.skip = conv_bn(in_channels[0], skip_channels, 1)
@@ -133,10 +142,16 @@ class SmallHead(nn.Module):
         nn.init.zeros_(self.classifier.bias)
 
     def forward(self, feats: list[torch.Tensor]) -> SegOutput:
+        stem = None
+        if self.refine is not None:
+            stem, feats = feats[0], feats[1:]
         skip = self.skip(feats[0])
         ctx = self.context(self.ppm(feats[-1]))
         ctx = F.interpolate(ctx, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         features = self.fuse(torch.cat([ctx, skip], dim=1))
+        if stem is not None:
+            up = F.interpolate(features, size=stem.shape[-2:], mode="bilinear", align_corners=False)
+            features = self.refine(torch.cat([up, self.stem_skip(stem)], dim=1))
         return SegOutput(features=features, logits=self.classifier(features))
 
 
@@ -148,17 +163,22 @@ class SmallSegNet(BaldaSegmentor):
         width: base width ``w`` (encoder widths w, 2w, 4w, 4w; decoder 2w). ``width=32`` gives
             64-channel features.
         freeze_bn: freeze the encoder's BatchNorm layers (as for DeepLabV2).
+        output_stride: 4, or 2 to add a refinement stage fusing the stem output (stride 2), which the
+            embedded benchmark uses so that one- or two-pixel-wide classes are resolved.
     """
 
-    def __init__(self, num_classes: int = 19, width: int = 32, freeze_bn: bool = False):
+    def __init__(self, num_classes: int = 19, width: int = 32, freeze_bn: bool = False, output_stride: int = 4):
         super().__init__()
         if width < 4:
             raise ValueError(f"width must be >= 4, got {width}")
-        self.backbone = SmallEncoder(width)
+        if output_stride not in (2, 4):
+            raise ValueError(f"model.output_stride of the small model must be 2 or 4, got {output_stride}")
+        self.backbone = SmallEncoder(width, return_stem=output_stride == 2)
         init_conv_kaiming(self.backbone)
         self.feature_channels = 2 * width
         self.decode_head = SmallHead(self.backbone.out_channels, num_classes, self.feature_channels,
-                                     skip_channels=max(width // 2, 8))
+                                     skip_channels=max(width // 2, 8),
+                                     stem_channels=width if output_stride == 2 else None)
         self.num_classes = num_classes
-        self.output_stride = 4
+        self.output_stride = output_stride
         self._finish_init(freeze_bn)
