@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from balda.config import BalancingConfig, ConfigError
+from balda.engine import dist
 
 __all__ = [
     "GBW",
@@ -98,6 +99,11 @@ def gbw_statistic(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
     Returns:
         ``g``: ``(K,)`` on the logits' device, float32 (float64 for float64 logits). Absent classes
         get only the ``p_{i,c}`` terms of other pixels; with every pixel ignored ``g = 0``.
+
+    Data parallelism: inside a sharded training step (:func:`balda.engine.dist.sharded_step`) the
+    statistic is that of the *global* batch: the class counts ``n_c`` are all-reduced before
+    ``s_i`` is formed and the per-class sums of squares ``||G_{:,c}||^2`` are all-reduced before the
+    square root (two small all-reduces of ``K`` numbers), so every rank gets the one-process ``g``.
     """
     if logits.dim() != 4:
         raise ValueError(f"logits must be (B, K, H, W), got shape {tuple(logits.shape)}")
@@ -116,6 +122,9 @@ def gbw_statistic(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
     # n_c by scatter-add (torch.bincount would sync on CUDA to size its output).
     n = torch.zeros(K, dtype=torch.long, device=z.device)
     n.scatter_add_(0, lab.reshape(-1), valid.reshape(-1).to(torch.long))
+    sharded = dist.in_sharded_step()
+    if sharded:
+        n = dist.all_reduce_sum(n)
     s = valid.to(dtype) / (n.to(dtype)[lab] + 1.0)  # (B, H, W), 0 where ignored
     s = s.unsqueeze(1)
     idx = lab.unsqueeze(1)  # (B, 1, H, W)
@@ -125,6 +134,8 @@ def gbw_statistic(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
     rest = G.sum(dim=1, keepdim=True)  # ... sums to 1 - p_{i,y_i}, accurate even when p_{i,y_i} ~ 1
     G.mul_(s)  # s_i p_ic off the label
     G.scatter_(1, idx, rest.mul_(s).neg_())  # s_i (p_{i,y_i} - 1) at the label
+    if sharded:
+        return dist.all_reduce_sum(G.square().sum(dim=(0, 2, 3))).sqrt()
     return torch.linalg.vector_norm(G, ord=2, dim=(0, 2, 3))
 
 

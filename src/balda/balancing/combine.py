@@ -42,6 +42,24 @@ backward, unlike the released code). ``shared_mode='decoder'``: the two gradient
 reach the decode-head parameters (autograd only runs the head's part of the graph), then one
 backward of the weighted loss fills every parameter's gradient. No ``.item()``: weights, cosine
 and logs stay device tensors.
+
+Data parallelism (DDP)
+----------------------
+DDP averages gradients through hooks on ``AccumulateGrad``; ``torch.autograd.grad`` never runs
+them, and the conflict must be measured between the *global* group gradients anyway (the cosine
+of averaged gradients is not the average of per-rank cosines). So, inside a sharded training step
+(:func:`balda.engine.dist.sharded_step`), :class:`HarmonizingCombiner` does its own reduction
+(``reduces_grads = True``) and the trainer runs the step under DDP's ``no_sync()``:
+
+* ``shared_mode='all'``: ``g_A`` and ``g_C`` are averaged over ranks (coalesced all-reduces,
+  twice DDP's traffic) right after the two ``autograd.grad`` calls; ``d``, the norms, the
+  weights and the assembled update are then identical on every rank and equal to one process.
+* ``shared_mode='decoder'``: the head probes ``h_A``, ``h_C`` are averaged before the statistics;
+  after the weighted backward every ``p.grad`` is averaged.
+* the plain-sum fallback (an empty group) averages every ``p.grad`` after its backward.
+
+Per-rank losses are normalised over the global batch (:func:`balda.engine.dist.global_mean`), so
+the average of the per-rank gradients is the one-process gradient.
 """
 from __future__ import annotations
 
@@ -50,6 +68,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from balda.engine import dist
 from balda.balancing.gh import (
     VARIANTS,
     accumulation_dtype,
@@ -99,6 +118,9 @@ class Combiner:
     """
 
     shared_mode: str = "all"
+    #: True when :meth:`backward` averages the gradients over ranks itself (the trainer then runs
+    #: the step under DDP's ``no_sync()`` and reduces nothing more).
+    reduces_grads: bool = False
 
     def backward(
         self, out: StepOutput, params: Sequence[Tensor], shared: Sequence[Tensor], scaler=None
@@ -149,7 +171,12 @@ class HarmonizingCombiner(Combiner):
 
     If either group is empty (e.g. source-only, or the alignment weight is 0) the update is the
     plain sum (:class:`SumCombiner`) and no ``gh/*`` logs are returned.
+
+    Under DDP (inside a sharded step) the gradients are averaged over ranks here (module docstring,
+    "Data parallelism"); ``reduces_grads = True``.
     """
+
+    reduces_grads = True
 
     def __init__(self, variant: str = "gh", harmonic_range: float = 0.5, shared_mode: str = "all",
                  first: str = "alignment"):
@@ -178,8 +205,12 @@ class HarmonizingCombiner(Combiner):
         align_names = [n for n in out.losses if n not in out.task]
         lam_c, loss_c = _group(out, task_names)
         lam_a, loss_a = _group(out, align_names)
+        sharded = dist.in_sharded_step()
         if loss_c is None or loss_a is None or not params:
-            return self._sum.backward(out, params, shared, scaler)
+            logs = self._sum.backward(out, params, shared, scaler)
+            if sharded:
+                dist.all_reduce_grads(params)
+            return logs
 
         index = {id(p): i for i, p in enumerate(params)}
         shared = _trainable(shared)
@@ -198,6 +229,9 @@ class HarmonizingCombiner(Combiner):
         if self.shared_mode == "all":
             g_a = torch.autograd.grad(s_a, params, retain_graph=True, allow_unused=True)
             g_c = torch.autograd.grad(s_c, params, allow_unused=True)
+            if sharded:  # global group gradients (DDP's hooks do not see autograd.grad)
+                g_a = dist.all_reduce_mean_(g_a)
+                g_c = dist.all_reduce_mean_(g_c)
             sel = [index[id(p)] for p in shared]
             d, n_a2, n_c2 = grad_stats([g_a[i] for i in sel], [g_c[i] for i in sel], device, acc)
             w_a, w_c = self._weights(d, n_a2, n_c2, lam_a, lam_c)
@@ -206,12 +240,17 @@ class HarmonizingCombiner(Combiner):
             if shared:
                 h_a = torch.autograd.grad(s_a, shared, retain_graph=True, allow_unused=True)
                 h_c = torch.autograd.grad(s_c, shared, retain_graph=True, allow_unused=True)
+                if sharded:
+                    h_a = dist.all_reduce_mean_(h_a)
+                    h_c = dist.all_reduce_mean_(h_c)
                 d, n_a2, n_c2 = grad_stats(h_a, h_c, device, acc)
             else:
                 d = n_a2 = n_c2 = torch.zeros((), dtype=acc, device=device)
             w_a, w_c = self._weights(d, n_a2, n_c2, lam_a, lam_c)
             total = (w_a * lam_a).to(loss_a.dtype) * loss_a + (w_c * lam_c).to(loss_c.dtype) * loss_c
             torch.autograd.backward(_scaled(total, scaler), inputs=params)
+            if sharded:
+                dist.all_reduce_grads(params)
         return self._logs(d, n_a2, n_c2, w_a, w_c, scaler)
 
     def _weights(self, d, n_a2, n_c2, lam_a, lam_c):

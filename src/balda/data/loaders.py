@@ -12,6 +12,13 @@ Every training batch is a pure function of ``(seed, stream, step)``:
 
 Hence a run resumed at step ``s`` (``start_step=s``) sees exactly the batches the original run saw,
 whatever the number of workers.
+
+Data parallelism (``torchrun``): ``data.batch_source`` / ``data.batch_target`` are *global* batch
+sizes. The global batch of step ``s`` is the same function of ``(seed, s)`` whatever the number of
+processes; rank ``r`` of ``W`` loads items ``r, r+W, r+2W, ...`` of it (``rank``/``world_size`` of
+:class:`StepBatchSampler`), so the union of the ranks' batches is exactly the one-process batch and
+its order is recoverable (item ``j`` lives on rank ``j mod W`` at row ``j // W``). Both batch sizes
+must be divisible by ``W`` (:func:`check_global_batch`).
 """
 from __future__ import annotations
 
@@ -100,10 +107,13 @@ class StepBatchSampler:
 
     Yields lists of keys for :class:`TrainView`: ``(index, sample_seed, -1)``, or with ``rcs``
     ``(index, sample_seed, class, min_crop_pixels)``. Iteration starts at ``start_step``.
+    ``batch_size`` is the global batch size; with ``world_size > 1`` this sampler yields the share of
+    rank ``rank``: items ``rank::world_size`` of the global batch (``batch_size // world_size`` keys).
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, stream: int, start_step: int = 0,
-                 rcs: Optional[RareClassSampler] = None, min_crop_pixels: int = 0):
+                 rcs: Optional[RareClassSampler] = None, min_crop_pixels: int = 0, rank: int = 0,
+                 world_size: int = 1):
         if n < 1:
             raise ValueError(f"StepBatchSampler needs a non-empty dataset (n={n})")
         if batch_size < 1:
@@ -112,6 +122,11 @@ class StepBatchSampler:
             raise ValueError(f"seed, stream and start_step must be >= 0 (got {seed}, {stream}, {start_step})")
         if rcs is not None and len(rcs.counts) != n:
             raise ValueError(f"RCS statistics cover {len(rcs.counts)} images but the dataset has {n}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world size {world_size}")
+        if batch_size % world_size:
+            raise ValueError(f"global batch size {batch_size} is not divisible by the world size {world_size}")
+        self.rank, self.world_size = int(rank), int(world_size)
         self.n, self.batch_size, self.seed, self.stream = int(n), int(batch_size), int(seed), int(stream)
         self.start_step = int(start_step)
         self.rcs = rcs
@@ -129,9 +144,9 @@ class StepBatchSampler:
         return perm
 
     def batch_at(self, step: int) -> list[tuple]:
-        """The keys of batch ``step``."""
+        """The keys of this rank's share of batch ``step`` (the whole batch on a single process)."""
         keys = []
-        for j in range(self.batch_size):
+        for j in range(self.rank, self.batch_size, self.world_size):
             s_seed = sample_seed(self.seed, self.stream, step, j)
             if self.rcs is not None:
                 c, idx = self.rcs.sample(np.random.default_rng([self.seed, self.stream, step, j]))
@@ -156,11 +171,14 @@ class UDALoader:
     :class:`StepBatchSampler` (stream 0 = source, optionally with RCS; stream 1 = target), with
     ``num_workers`` workers each. A batch is a dict of stacked tensors (``image`` (B,3,h,w),
     ``label`` (B,h,w), ``index`` (B,)). ``target_view=None`` yields source-only batches.
+    ``batch_source``/``batch_target`` are global sizes; rank ``rank`` of ``world_size`` gets items
+    ``rank::world_size`` of every global batch.
     """
 
     def __init__(self, source_view: TrainView, target_view: Optional[TrainView], batch_source: int,
                  batch_target: int, seed: int, start_step: int = 0, num_workers: int = 0,
-                 rcs: Optional[RareClassSampler] = None, min_crop_pixels: int = 0):
+                 rcs: Optional[RareClassSampler] = None, min_crop_pixels: int = 0, rank: int = 0,
+                 world_size: int = 1):
         self.source_view, self.target_view = source_view, target_view
         self.batch_source, self.batch_target = int(batch_source), int(batch_target)
         self.seed = int(seed)
@@ -168,12 +186,19 @@ class UDALoader:
         self.rcs = rcs
         self.min_crop_pixels = int(min_crop_pixels)
         self.step = int(start_step)
+        self.rank, self.world_size = int(rank), int(world_size)
         self._iters: Optional[dict] = None
         # validate eagerly (bad sizes / seeds should fail at construction, not at the first batch)
-        StepBatchSampler(len(source_view), self.batch_source, self.seed, SOURCE_STREAM, self.step, rcs,
-                         self.min_crop_pixels)
+        self._sampler(SOURCE_STREAM)
         if target_view is not None:
-            StepBatchSampler(len(target_view), self.batch_target, self.seed, TARGET_STREAM, self.step)
+            self._sampler(TARGET_STREAM)
+
+    def _sampler(self, stream: int) -> StepBatchSampler:
+        if stream == SOURCE_STREAM:
+            return StepBatchSampler(len(self.source_view), self.batch_source, self.seed, SOURCE_STREAM, self.step,
+                                    self.rcs, self.min_crop_pixels, rank=self.rank, world_size=self.world_size)
+        return StepBatchSampler(len(self.target_view), self.batch_target, self.seed, TARGET_STREAM, self.step,
+                                rank=self.rank, world_size=self.world_size)
 
     def _loader(self, view: TrainView, sampler: StepBatchSampler) -> DataLoader:
         kw = {}
@@ -183,12 +208,9 @@ class UDALoader:
                           pin_memory=torch.cuda.is_available(), **kw)
 
     def _start(self) -> dict:
-        its = {"source": iter(self._loader(self.source_view, StepBatchSampler(
-            len(self.source_view), self.batch_source, self.seed, SOURCE_STREAM, self.step, self.rcs,
-            self.min_crop_pixels)))}
+        its = {"source": iter(self._loader(self.source_view, self._sampler(SOURCE_STREAM)))}
         if self.target_view is not None:
-            its["target"] = iter(self._loader(self.target_view, StepBatchSampler(
-                len(self.target_view), self.batch_target, self.seed, TARGET_STREAM, self.step)))
+            its["target"] = iter(self._loader(self.target_view, self._sampler(TARGET_STREAM)))
         return its
 
     def __iter__(self) -> "UDALoader":
@@ -221,6 +243,20 @@ def rcs_min_crop_pixels(min_crop_pixels: int, crop) -> int:
     return int(round(min_crop_pixels * crop[0] * crop[1] / RCS_REFERENCE_AREA))
 
 
+def check_global_batch(cfg, world_size: int) -> None:
+    """Raise :class:`~balda.config.ConfigError` unless ``data.batch_source`` and ``data.batch_target``
+    (global batch sizes) are divisible by ``world_size`` (the number of training processes)."""
+    from balda.config import ConfigError
+
+    d = getattr(cfg, "data", cfg)
+    for key in ("batch_source", "batch_target"):
+        b = int(getattr(d, key))
+        if b < world_size or b % world_size:
+            raise ConfigError(f"'data.{key}' = {b} is the global batch size and must be a multiple of the "
+                              f"number of processes ({world_size}): each rank takes items rank::{world_size} "
+                              f"of every batch")
+
+
 def build_train_loader(cfg, start_step: int = 0, target_label_filter: Optional[LabelFilter] = None,
                        with_target_labels: bool = False) -> UDALoader:
     """The training loader of a :class:`balda.config.Config`.
@@ -233,7 +269,12 @@ def build_train_loader(cfg, start_step: int = 0, target_label_filter: Optional[L
     :func:`class_pixel_counts` of the source (cached), and a crop must hold
     ``rcs.min_crop_pixels`` (scaled from 512x512 to the crop area) of the sampled class.
     """
+    from balda.engine import dist
+
     d = cfg.data
+    rank, world = dist.rank(), dist.world_size()
+    if world > 1:
+        check_global_batch(cfg, world)
     if target_label_filter is not None:
         with_target_labels = True  # the filter masks target labels, so they must be read
     source = build_dataset(d.source)
@@ -241,7 +282,8 @@ def build_train_loader(cfg, start_step: int = 0, target_label_filter: Optional[L
     target = build_dataset(tcfg)
     rcs, min_crop = None, 0
     if d.rcs.enabled:
-        counts = class_pixel_counts(source, num_classes=cfg.model.num_classes, progress=cfg.train.progress)
+        counts = dist.main_first(lambda: class_pixel_counts(  # rank 0 fills the cache, the others read it
+            source, num_classes=cfg.model.num_classes, progress=cfg.train.progress and dist.is_main()))
         rcs = RareClassSampler(counts, temperature=d.rcs.temperature, min_pixels=d.rcs.min_pixels)
         min_crop = rcs_min_crop_pixels(d.rcs.min_crop_pixels, d.crop)
         log.info("%r; crops need >= %d pixels of the sampled class", rcs, min_crop)
@@ -249,8 +291,9 @@ def build_train_loader(cfg, start_step: int = 0, target_label_filter: Optional[L
     tgt_view = TrainView(target, TrainTransform.from_config(d, tcfg), label_filter=target_label_filter,
                          on_error=tcfg.on_error)
     return UDALoader(src_view, tgt_view, d.batch_source, d.batch_target, seed=cfg.train.seed,
-                     start_step=start_step, num_workers=d.num_workers, rcs=rcs, min_crop_pixels=min_crop)
+                     start_step=start_step, num_workers=d.num_workers, rcs=rcs, min_crop_pixels=min_crop,
+                     rank=rank, world_size=world)
 
 
 __all__ = ["TrainView", "StepBatchSampler", "UDALoader", "build_train_loader", "sample_seed",
-           "rcs_min_crop_pixels", "SOURCE_STREAM", "TARGET_STREAM"]
+           "rcs_min_crop_pixels", "check_global_batch", "SOURCE_STREAM", "TARGET_STREAM"]

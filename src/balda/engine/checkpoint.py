@@ -3,11 +3,16 @@
 A checkpoint is written to a temporary file in the destination folder, flushed and fsynced, then
 moved over the destination with :func:`os.replace` (atomic on POSIX): a reader sees the old file
 or the new one, never a half-written one, whatever moment a run is killed at.
+
+Fault injection (tests): with ``BALDA_FAULT_KILL_IN_SAVE=N`` the process SIGKILLs itself during its
+``N``-th :func:`atomic_save` call, after the temporary file is fully written and fsynced and before
+the rename: the destination keeps its previous content and an orphan ``.<name>.*.tmp`` remains.
 """
 from __future__ import annotations
 
 import os
 import random
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,12 +21,18 @@ import numpy as np
 import torch
 
 
+_KILL_IN_SAVE = int(os.environ.get("BALDA_FAULT_KILL_IN_SAVE", "-1"))
+_saves = 0
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not match the model/config."""
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` ``obj`` to ``path`` atomically (temp file + fsync + rename)."""
+    global _saves
+    _saves += 1
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -30,6 +41,8 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        if _saves == _KILL_IN_SAVE:  # fault injection: die between the write and the rename
+            os.kill(os.getpid(), signal.SIGKILL)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

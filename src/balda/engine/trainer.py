@@ -9,9 +9,18 @@ hook (EMA teacher, discriminator). Active-learning rounds run at their scheduled
 Checkpoints (``last.pt``, ``iter_N.pt``, ``best.pt``) are written atomically and hold everything
 needed for an exact resume: model, optimiser, schedule, strategy (teacher, discriminator and its
 optimiser, class-weight EMA), grad scaler, RNG states and the iteration.
+
+Under ``torchrun`` (several processes) each rank trains on its share of every global batch, the
+segmentor is wrapped in DDP, and a step runs inside :func:`balda.engine.dist.sharded_step`
+(global loss normalisation, all-reduced statistics, agreed non-finite check). With a harmonizing
+combiner the step runs under DDP's ``no_sync()`` and the combiner averages the gradients itself;
+strategy parameters outside DDP (CPSL prototypes) are averaged after the backward; rank 0's
+buffers are broadcast after the optimiser step. Only rank 0 evaluates and writes files. See the
+module docstring of :mod:`balda.engine.dist`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,7 +39,9 @@ from balda.engine.optim import build_optimizer
 
 log = logging.getLogger("balda.train")
 
-#: Tests set BALDA_FAULT_KILL_AT_STEP=N to SIGKILL a training process right after step N.
+#: Tests set BALDA_FAULT_KILL_AT_STEP=N to SIGKILL a training process right after step N (after that
+#: step's logging, evaluation and checkpoint, if any: N = ckpt_every dies just after writing last.pt).
+#: See also BALDA_FAULT_KILL_IN_SAVE in :mod:`balda.engine.checkpoint`.
 _KILL_AT = int(os.environ.get("BALDA_FAULT_KILL_AT_STEP", "-1"))
 
 
@@ -69,6 +80,8 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.is_main = dist.is_main()
         self.device = resolve_device(cfg.train.device)
+        if dist.is_distributed():
+            self._check_distributed()
         self.progress = cfg.train.progress if progress is None else progress
         seed_everything(cfg.train.seed)
 
@@ -81,7 +94,8 @@ class Trainer:
         if cfg.balancing.class_weights in ("inverse_freq", "class_balanced"):
             from balda.data.stats import class_pixel_counts
 
-            counts = class_pixel_counts(self.source_ds, cfg.model.num_classes, progress=self.progress).sum(0)
+            counts = dist.main_first(lambda: class_pixel_counts(  # rank 0 fills the cache, the others read it
+                self.source_ds, cfg.model.num_classes, progress=self.progress and self.is_main)).sum(0)
         weighting = build_weighting(cfg.balancing, cfg.model.num_classes, counts)
         imnet = None
         if cfg.method.name == "self_training" and cfg.method.self_training.imnet_model:
@@ -98,6 +112,9 @@ class Trainer:
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
         self.ddp_model = dist.wrap_ddp(self.model, self.device) if dist.is_distributed() else None
+        # parameters whose gradients DDP does not average (e.g. CPSL prototypes): reduced by hand
+        in_ddp = {id(p) for p in self.model.parameters()} if self.ddp_model is not None else set()
+        self._outside_ddp = [p for p in self.params if id(p) not in in_ddp]
 
         self.step = 0
         self.best_miou = -1.0
@@ -106,6 +123,9 @@ class Trainer:
         if cfg.active.enabled:
             self._setup_active()
         if resume:
+            if self.is_main:  # orphans of a run killed while writing a checkpoint
+                for tmp in self.run_dir.glob(".*.pt.*.tmp"):
+                    tmp.unlink(missing_ok=True)
             path = Path(resume) if isinstance(resume, (str, Path)) and not isinstance(resume, bool) \
                 else self.run_dir / "last.pt"
             if path.exists():
@@ -135,6 +155,15 @@ class Trainer:
         self.active_store = LabelStore(root)
         self.annotator = OracleAnnotator(self.active_target_ds)
         self.round_steps = sorted({int(round(f * cfg.train.iters)) for f in cfg.active.rounds})
+
+    def _check_distributed(self) -> None:
+        from balda.config import ConfigError
+        from balda.data.loaders import check_global_batch
+
+        check_global_batch(self.cfg, dist.world_size())
+        if self.cfg.model.sync_bn and self.device.type == "cpu":
+            raise ConfigError("'model.sync_bn': SyncBatchNorm needs CUDA devices (it does not run on CPU "
+                              "tensors); set model.sync_bn=false for CPU (gloo) runs")
 
     def _loader(self):
         from balda.data.loaders import build_train_loader
@@ -183,7 +212,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------ train
     def _check_finite(self, total: torch.Tensor, out) -> bool:
         """One host sync per step on a scalar flag: a non-finite loss must never reach the weights."""
-        if bool(torch.isfinite(total.detach())):
+        if bool(dist.all_true(torch.isfinite(total.detach()))):  # all ranks agree (sharded step)
             return True
         bad = [n for n, v in out.losses.items() if not bool(torch.isfinite(v.detach()))]
         msg = f"non-finite loss at iteration {self.step}: {', '.join(bad) or 'total'}"
@@ -196,6 +225,15 @@ class Trainer:
         return False
 
     def train_step(self, batch: dict) -> dict:
+        if self.ddp_model is None:
+            return self._train_step(batch)
+        # several processes: the step sees this rank's share of the global batch; a combiner that
+        # reduces gradients itself (gradient harmonization) bypasses DDP's reducer
+        no_sync = self.ddp_model.no_sync() if self.combiner.reduces_grads else contextlib.nullcontext()
+        with dist.sharded_step(), no_sync:
+            return self._train_step(batch)
+
+    def _train_step(self, batch: dict) -> dict:
         model = self.ddp_model or self.model
         model.train()
         batch = _to_device(batch, self.device)
@@ -223,8 +261,8 @@ class Trainer:
         self.skipped = 0
         self.optimizer.zero_grad(set_to_none=True)
         logs.update(self.combiner.backward(out, self.params, self.shared, scaler=self.scaler))
-        if self.ddp_model is None and dist.is_distributed():  # pragma: no cover
-            dist.all_reduce_grads(self.params)
+        if self.ddp_model is not None and not self.combiner.reduces_grads:
+            dist.all_reduce_grads(self._outside_ddp)  # strategy parameters DDP does not see
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.cfg.optim.grad_clip:
@@ -235,6 +273,8 @@ class Trainer:
         else:
             self.optimizer.step()
         self.scheduler.step()
+        if self.ddp_model is not None:  # one set of BatchNorm statistics for every rank and the teacher
+            dist.broadcast_buffers(self.model)
         logs.update(self.strategy.after_step(self.model, self.step))
         logs["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
         return logs
@@ -268,8 +308,6 @@ class Trainer:
                 logs = self.train_step(next(loader))
                 logger.accumulate(logs)
                 self.step += 1
-                if self.step == _KILL_AT:  # fault injection for the kill/resume tests
-                    os.kill(os.getpid(), signal.SIGKILL)
                 if self.step % tcfg.log_every == 0 or self.step == tcfg.iters:
                     logger.flush(self.step)
                 if tcfg.eval_every and self.step % tcfg.eval_every == 0 and self.step < tcfg.iters:
@@ -278,6 +316,8 @@ class Trainer:
                     self.save("last.pt")
                     self._save_periodic()
                 logger.progress(self.step)
+                if self.step == _KILL_AT:  # fault injection for the kill/resume tests
+                    os.kill(os.getpid(), signal.SIGKILL)
             metrics = self._eval_and_track(logger, final=True)
             self.save("last.pt")
             self.save("final.pt")

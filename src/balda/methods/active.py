@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from balda.config import ActiveConfig
 from balda.data.labels import IGNORE_INDEX
 from balda.methods.base import StepOutput, Strategy, WeightingFactory
-from balda.methods.losses import resize_logits, weighted_cross_entropy
+from balda.methods.losses import masked_mean, resize_logits, weighted_cross_entropy
 from balda.models.base import Segmentor
 
 __all__ = ["ActiveStrategy", "negative_learning_loss", "local_consistency_loss", "label_interior_mask"]
@@ -48,7 +48,7 @@ def negative_learning_loss(logits: torch.Tensor, threshold: float = NEG_THRESHOL
     p = torch.softmax(logits.float(), dim=1)
     mask = (p < threshold).detach()
     loss = -(torch.log(1.0 - p + 1e-6) * mask).sum()
-    return loss / mask.sum().clamp_min(1)
+    return masked_mean(loss, mask.sum())
 
 
 def label_interior_mask(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -73,7 +73,7 @@ def local_consistency_loss(logits: torch.Tensor, labels: torch.Tensor,
     pbar = F.avg_pool2d(F.pad(p, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     d = (p - pbar).abs().sum(dim=1)
     mask = label_interior_mask(labels, ignore_index)
-    return (d * mask).sum() / mask.sum().clamp_min(1)
+    return masked_mean((d * mask).sum(), mask.sum())
 
 
 class ActiveStrategy(Strategy):

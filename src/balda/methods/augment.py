@@ -5,6 +5,12 @@ draw their randomness from an explicit :class:`torch.Generator` (see :func:`step
 training step is a deterministic function of ``(seed, step, batch)`` and a resumed run repeats it.
 No function synchronises with the host.
 
+Per-image random numbers come from :func:`batch_rand`: under data parallelism (inside
+:func:`balda.engine.dist.sharded_step`, where this process holds items ``rank::W`` of the global
+batch) the numbers are drawn for the whole global batch and each rank keeps its rows, so image
+``j`` of the global batch is augmented identically whatever the number of processes (and two ranks
+never share their draws).
+
 Images are the *normalised* network inputs ``x = (rgb - mean) / std`` with ``rgb`` in 0..255 and
 ``mean``/``std`` per channel in 0..255 units (the data pipeline's normalisation). Photometric
 operations denormalise, work on ``rgb / 255`` in [0, 1], and renormalise.
@@ -24,8 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from balda.data.labels import IGNORE_INDEX
+from balda.engine import dist
 
-__all__ = ["step_generator", "classmix_masks", "mix", "color_jitter", "gaussian_blur", "denormalize",
+__all__ = ["step_generator", "batch_rand", "classmix_masks", "mix", "color_jitter", "gaussian_blur", "denormalize",
            "renormalize"]
 
 _MASK64 = (1 << 63) - 1
@@ -47,6 +54,14 @@ def step_generator(seed: int, step: int, device: torch.device | str = "cpu", sal
     g = torch.Generator(device=torch.device(device))
     g.manual_seed(x & _MASK64)
     return g
+
+
+def batch_rand(rows: int, cols: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """``U[0, 1)`` numbers ``(rows, cols)``, row ``b`` for image ``b`` of this process's batch.
+
+    Inside a sharded data-parallel step the ``(rows * W, cols)`` draw of the global batch is made and
+    rows ``rank::W`` are returned (see the module docstring); otherwise one ``(rows, cols)`` draw."""
+    return dist.shard_rows(torch.rand(dist.global_rows(rows), cols, generator=generator, device=device))
 
 
 def _stats(t, like: torch.Tensor) -> torch.Tensor:
@@ -90,7 +105,7 @@ def classmix_masks(source_labels: torch.Tensor, generator: torch.Generator | Non
         present[:, ignore] = False
     n_present = present.sum(dim=1)
     n_choose = (n_present + n_present % 2) // 2
-    keys = torch.rand(B, n_slots, generator=generator, device=device)
+    keys = batch_rand(B, n_slots, generator, device)
     keys = torch.where(present, keys, torch.full_like(keys, 2.0))  # absent classes sort last
     order = keys.argsort(dim=1)
     rank = torch.empty_like(order)
@@ -141,7 +156,7 @@ def color_jitter(images: torch.Tensor, strength: float, p: float, generator: tor
     B = images.shape[0]
     dev, dt = images.device, images.dtype
     s = float(strength)
-    u = torch.rand(B, 5, generator=generator, device=dev).to(dt)
+    u = batch_rand(B, 5, generator, dev).to(dt)
     apply = u[:, 0] < p
     bri, con, sat = (1 - s + 2 * s * u[:, 1:4]).unbind(1)
     hue = (2 * u[:, 4] - 1) * s
@@ -191,7 +206,7 @@ def gaussian_blur(images: torch.Tensor, generator: torch.Generator | None = None
     if p <= 0 or (kh == 1 and kw == 1):
         return images
     dev, dt = images.device, images.dtype
-    u = torch.rand(B, 2, generator=generator, device=dev)
+    u = batch_rand(B, 2, generator, dev)
     apply = u[:, 0] < p
     lo, hi = sigma_range
     sigma = (lo + (hi - lo) * u[:, 1]).to(torch.float32)

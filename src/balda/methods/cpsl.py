@@ -71,9 +71,9 @@ from torch import nn
 
 from balda.config import CPSLConfig
 from balda.data.labels import IGNORE_INDEX
-from balda.methods.augment import color_jitter, gaussian_blur, mix, step_generator
+from balda.methods.augment import batch_rand, color_jitter, gaussian_blur, mix, step_generator
 from balda.methods.base import StepOutput, Strategy, WeightingFactory
-from balda.methods.losses import resize_logits, weighted_cross_entropy
+from balda.methods.losses import masked_mean, resize_logits, weighted_cross_entropy
 from balda.models.base import Segmentor
 
 try:  # the shared EMA helper of the mean-teacher strategy
@@ -250,7 +250,7 @@ def rce_loss(logits: torch.Tensor, labels: torch.Tensor, ignore: int = IGNORE_IN
     y = torch.where(valid, labels, torch.zeros_like(labels)).long()
     p_y = prob.gather(1, y[:, None]).squeeze(1)
     rce = RCE_A * (1.0 - p_y) * valid
-    return rce.sum() / valid.sum().clamp_min(1)
+    return masked_mean(rce.sum(), valid.sum())
 
 
 # ----------------------------------------------------------------------------------- geometry
@@ -266,7 +266,7 @@ def random_affine(batch: int, generator: Optional[torch.Generator], device, aspe
     of width/height ``aspect``), horizontal flip ``f = -1`` with probability ``flip_p``:
     ``x_in = t + D^-1 R(phi) D diag(f s_x, s_y) x_out`` with ``D = diag(aspect, 1)``.
     """
-    u = torch.rand(batch, 6, generator=generator, device=device)
+    u = batch_rand(batch, 6, generator, device)
     s = scale[0] + (scale[1] - scale[0]) * u[:, 0]
     a = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1])
     sx = (s * a.sqrt()).clamp(max=1.0)
@@ -338,7 +338,7 @@ def random_boxes(batch: int, generator: Optional[torch.Generator], device, p: fl
     """CutMix boxes (Yun et al. 2019) as fractions ``(y0, x0, y1, x1)`` (B,4): ``lam ~ U(0,1)``,
     side fraction ``sqrt(1 - lam)``, uniform centre, clipped to the image; an image is mixed with
     probability ``p`` (otherwise its box is empty)."""
-    u = torch.rand(batch, 4, generator=generator, device=device)
+    u = batch_rand(batch, 4, generator, device)
     side = torch.sqrt(1.0 - u[:, 0])
     cy, cx = u[:, 1], u[:, 2]
     use = (u[:, 3] < p).float()
@@ -399,7 +399,7 @@ def prototype_consistency(teacher_scores: torch.Tensor, student_scores: torch.Te
     if valid is None:
         return kl.mean() / K
     v = valid.to(kl.dtype)
-    return (kl * v).sum() / v.sum().clamp_min(1) / K
+    return masked_mean((kl * v).sum(), v.sum()) / K
 
 
 # ------------------------------------------------------------------------------------ distillation
@@ -618,7 +618,7 @@ class CPSLStrategy(Strategy):
         B, D, h, w = feats_n.shape
         K = logits.shape[1]
         n = min(int(self.cfg.samples_per_image), h * w)
-        keys = torch.rand(B, h * w, generator=g, device=feats_n.device)
+        keys = batch_rand(B, h * w, g, feats_n.device)
         sel = keys.topk(n, dim=1).indices  # (B, n)
         u = feats_n.flatten(2).gather(2, sel[:, None].expand(B, D, n)).transpose(1, 2).reshape(-1, D)
         o = logits.flatten(2).gather(2, sel[:, None].expand(B, K, n)).transpose(1, 2).reshape(-1, K)

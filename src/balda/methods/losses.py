@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from balda.data.labels import IGNORE_INDEX
+from balda.engine import dist
 
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -14,6 +15,15 @@ def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def masked_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``total / max(count, 1)``: a sum over selected pixels divided by their number.
+
+    Inside a sharded data-parallel step the count is that of the *global* batch
+    (:func:`balda.engine.dist.global_mean`): every pixel-mean loss must use this so that DDP's
+    gradient average equals the one-process gradient whatever the ranks' shares of valid pixels."""
+    return dist.global_mean(total, count)
 
 
 def weighted_cross_entropy(
@@ -30,6 +40,11 @@ def weighted_cross_entropy(
     pseudo-label confidence). The mean is over labelled pixels, not over the weights, so that class
     weights change the loss scale as in mmseg's ``avg_non_ignore`` reduction. Logits are upsampled to
     the label size first. Returns 0 (with a graph) when no pixel is labelled.
+
+    Data parallelism: inside a sharded training step (:func:`balda.engine.dist.sharded_step`) ``V``
+    is the set of valid pixels of the *global* batch: the rank returns
+    ``(W / |V_global|) * sum_{i in V_rank} ...`` (one all-reduce of the count), so DDP's average of
+    the ranks' gradients is exactly the gradient of the one-process loss.
     """
     logits = resize_logits(logits, labels.shape[-2:])
     ce = F.cross_entropy(logits.float(), labels.long(), reduction="none", ignore_index=ignore_index)
@@ -40,7 +55,7 @@ def weighted_cross_entropy(
     if pixel_weights is not None:
         ce = ce * pixel_weights.detach().to(ce.dtype)
     ce = ce * valid
-    return ce.sum() / valid.sum().clamp_min(1)
+    return masked_mean(ce.sum(), valid.sum())
 
 
 def entropy_map(logits: torch.Tensor, normalise: bool = True) -> torch.Tensor:

@@ -52,7 +52,7 @@ from balda.config import SelfTrainingConfig
 from balda.data.labels import IGNORE_INDEX
 from balda.methods.augment import classmix_masks, color_jitter, gaussian_blur, mix, step_generator
 from balda.methods.base import StepOutput, Strategy, WeightingFactory
-from balda.methods.losses import resize_logits, weighted_cross_entropy
+from balda.methods.losses import masked_mean, resize_logits, weighted_cross_entropy
 from balda.models.base import Segmentor
 
 __all__ = ["SelfTrainingStrategy", "ema_alpha", "ema_update", "pseudo_label", "mixed_targets",
@@ -147,7 +147,7 @@ def feature_distance(feat: torch.Tensor, feat_ref: torch.Tensor, mask: Optional[
     if mask is None:
         return d.mean()
     m = mask.to(d.dtype)
-    return (d * m).sum() / m.sum().clamp_min(1)
+    return masked_mean((d * m).sum(), m.sum())
 
 
 def _last_feature(out) -> torch.Tensor:
