@@ -57,7 +57,7 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     import json
 
-    from balda.config import config_from_dict, load_config
+    from balda.config import config_from_dict
     from balda.engine.checkpoint import load_checkpoint, load_model_weights
     from balda.engine.evaluation import evaluate
     from balda.data.datasets import build_dataset
@@ -120,7 +120,7 @@ def _cmd_demo(args) -> int:
     from balda.experiments import run_demo
 
     run_demo(out=Path(args.out), data=Path(args.data), quick=args.quick, methods=args.methods, seeds=args.seeds,
-             progress=not args.no_progress)
+             progress=not args.no_progress, jobs=args.jobs)
     return 0
 
 
@@ -147,7 +147,7 @@ def _cmd_bench(args) -> int:
 def _cmd_cpsl_prepare(args) -> int:
     from balda.methods.cpsl_prepare import prepare_from_checkpoint
 
-    out = prepare_from_checkpoint(Path(args.run), Path(args.out), overrides=args.overrides, device=args.device,
+    prepare_from_checkpoint(Path(args.run), Path(args.out), overrides=args.overrides, device=args.device,
                                   progress=not args.no_progress, batch_size=args.batch_size)
     print(f"CPSL pseudo-labels, class prior and prototypes written to {args.out}")
     print(f"train stage 1 with: balda train <config> method.name=cpsl method.cpsl.prepared={args.out}")
@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     d.add_argument("--methods", nargs="*", default=None, help="subset of demo methods")
     d.add_argument("--seeds", type=int, default=1)
+    d.add_argument("--jobs", type=int, default=None, help="cells run at once (default 2 on >= 2 cores)")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_cmd_demo)
 

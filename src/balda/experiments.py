@@ -61,7 +61,8 @@ DEFAULT_BENCH_METHODS = tuple(CATALOG)
 #: ``balda bench --quick``.
 QUICK_BENCH_METHODS = ("source_only", "oracle", "self_training", "self_training+gbw", "advent", "advent+gh")
 #: What ``balda demo`` trains by default (<= 10 minutes on 2 CPU cores).
-DEMO_METHODS = ("source_only", "oracle", "self_training", "advent", "minent", "self_training+gbw", "advent+gh")
+DEMO_METHODS = ("source_only", "oracle", "self_training", "self_training+gbw", "advent", "advent+gh", "minent",
+                "cbda@5%")
 
 
 @dataclass(frozen=True)
@@ -239,12 +240,21 @@ def run_grid(methods: Iterable[str], seeds: Iterable[int], data: Path, out: Path
         todo = [c for c in cells if not is_done(c, out)]
         print(f"{len(cells) - len(todo)} of {len(cells)} cells already done; running {len(todo)} "
               f"with {jobs} jobs x {threads} threads", flush=True)
-        with ThreadPoolExecutor(jobs) as pool:
-            futures = {pool.submit(run_cell, c, data, out, quick, extra, True, False): c for c in todo}
-            for i, fut in enumerate(futures):
-                fut.result()
-                print(f"[{i + 1}/{len(todo)}] {futures[fut].method} seed {futures[fut].seed}: done "
-                      f"({time.time() - t0:.0f} s)", flush=True)
+        # cells that start from another cell's run (CPSL's warm-up) go in a second phase, so that
+        # two workers never train the same run folder at once
+        phases = [[c for c in todo if c.method not in WARMUP], [c for c in todo if c.method in WARMUP]]
+        done = 0
+        for k, phase in enumerate(phases):
+            if k == 1:  # warm-ups and preparation first, one at a time (idempotent)
+                for c in phase:
+                    prepare_warmup(c, data, out, quick, extra, True, False)
+            with ThreadPoolExecutor(jobs) as pool:
+                futures = {pool.submit(run_cell, c, data, out, quick, extra, True, False): c for c in phase}
+                for fut in futures:
+                    fut.result()
+                    done += 1
+                    print(f"[{done}/{len(todo)}] {futures[fut].method} seed {futures[fut].seed}: done "
+                          f"({time.time() - t0:.0f} s)", flush=True)
     else:
         for i, cell in enumerate(cells):
             state = "done" if is_done(cell, out) else "running"
@@ -256,10 +266,16 @@ def run_grid(methods: Iterable[str], seeds: Iterable[int], data: Path, out: Path
 
 
 def run_demo(out: Path = Path("runs/demo"), data: Path = Path("data/streets"), quick: bool = False,
-             methods: Optional[Iterable[str]] = None, seeds: int = 1, progress: bool = True) -> dict:
-    """The main job: benchmark (generated if missing), the demo methods, a table and plots."""
+             methods: Optional[Iterable[str]] = None, seeds: int = 1, progress: bool = True,
+             jobs: Optional[int] = None) -> dict:
+    """The main job: benchmark (generated if missing), the demo methods, a table and plots.
+
+    Cells run as ``jobs`` parallel subprocesses (default 2 when there are at least 2 cores), each
+    resumable; the demo's seed-0 cells are the benchmark grid's seed-0 cells."""
     methods = list(methods) if methods else list(DEMO_METHODS)
-    summary = run_grid(methods, range(seeds), Path(data), Path(out), quick=quick, progress=progress)
+    if jobs is None:
+        jobs = 2 if (os.cpu_count() or 1) >= 2 else 1
+    summary = run_grid(methods, range(seeds), Path(data), Path(out), quick=quick, progress=progress, jobs=jobs)
     if summary:
         print()
         print(summary["markdown"])

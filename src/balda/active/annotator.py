@@ -27,13 +27,14 @@ label's shape if needed) and 255 outside the acquired pixels.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
 from PIL import Image
+
+from balda.atomic import atomic_write
 
 from balda.data.labels import IGNORE_INDEX, NUM_CLASSES
 
@@ -84,26 +85,9 @@ class OracleAnnotator(Annotator):
 
 
 # ------------------------------------------------------------------------------------- atomic io
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _write_png(path: Path, arr: np.ndarray) -> None:
     img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8))  # 2-D uint8 -> mode "L"
-    _atomic_write_bytes(path, lambda f: img.save(f, format="PNG"))
+    atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 def _read_png(path: Path) -> Optional[np.ndarray]:
@@ -157,7 +141,7 @@ class LabelStore:
 
     def _write_manifest(self, data: dict) -> None:
         text = json.dumps(data, indent=1).encode()
-        _atomic_write_bytes(self.manifest_path, lambda f: f.write(text))
+        atomic_write(self.manifest_path, lambda f: f.write(text))
 
     def set_names(self, names: Sequence[str]) -> None:
         """Bind image names (index -> name) and record them in the manifest (checked if present)."""
@@ -294,7 +278,7 @@ class LabelStore:
             shapes=np.asarray([tuple(shapes[i]) for i in ids], np.int64).reshape(-1, 2),
             radius=np.int64(radius),
             info=np.frombuffer(json.dumps(info or {}).encode(), dtype=np.uint8))
-        _atomic_write_bytes(self.selection_path(round_idx), lambda f: np.savez(f, **payload))
+        atomic_write(self.selection_path(round_idx), lambda f: np.savez(f, **payload))
 
     def load_selection(self, round_idx: int) -> Optional[dict]:
         """``{"picks": {i: (ys, xs)}, "shapes": {i: (H, W)}, "radius": int, "info": dict}`` or None."""

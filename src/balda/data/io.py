@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from balda.atomic import atomic_write
+
 from balda.data.labels import IGNORE_INDEX, PALETTE, SYNTHIA_LUT, TRAINID_TO_LABELID, map_labels
 
 PathLike = Union[str, os.PathLike]
@@ -140,13 +142,7 @@ def _atomic_save(img: Image.Image, path: PathLike) -> None:
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise DataError(f"cannot write {path}: unknown image extension {path.suffix!r}", path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        img.save(tmp, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda f: img.save(f, format=fmt))
 
 
 def write_image(path: PathLike, arr: np.ndarray) -> None:

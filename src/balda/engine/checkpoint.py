@@ -13,12 +13,13 @@ from __future__ import annotations
 import os
 import random
 import signal
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from balda.atomic import atomic_write
 
 
 _KILL_IN_SAVE = int(os.environ.get("BALDA_FAULT_KILL_IN_SAVE", "-1"))
@@ -30,42 +31,15 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` ``obj`` to ``path`` atomically (temp file + fsync + rename)."""
+    """``torch.save`` ``obj`` to ``path`` atomically (see :mod:`balda.atomic`)."""
     global _saves
     _saves += 1
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if _saves == _KILL_IN_SAVE:  # fault injection: die between the write and the rename
+
+    def die_if_asked():  # fault injection: die between the write and the rename
+        if _saves == _KILL_IN_SAVE:
             os.kill(os.getpid(), signal.SIGKILL)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        os.fsync(dfd)
-        os.close(dfd)
-    except OSError:  # pragma: no cover - not all filesystems allow directory fsync
-        pass
-    return path
 
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return atomic_write(path, lambda f: torch.save(obj, f), before_rename=die_if_asked)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -30,9 +30,10 @@ from typing import Optional
 
 import torch
 
+from balda.atomic import atomic_write_text
 from balda.config import Config, save_config, to_dict
 from balda.engine import dist
-from balda.engine.checkpoint import (CheckpointError, atomic_save, atomic_write_text, load_checkpoint,
+from balda.engine.checkpoint import (CheckpointError, atomic_save, load_checkpoint,
                                      load_model_weights, rng_state, seed_everything, set_rng_state)
 from balda.engine.logger import RunLogger, read_metrics
 from balda.engine.optim import build_optimizer

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -41,6 +40,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from balda.atomic import atomic_write
 
 __all__ = ["PreparedError", "prepare_cpsl", "prepare_from_checkpoint", "load_prepared", "p0_path",
            "check_prepared_dataset", "MANIFEST", "PROTOTYPES", "MODEL_WEIGHTS", "FORMAT"]
@@ -75,25 +76,9 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write ``path`` through ``write(fileobj)`` atomically (temp file in the folder + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _atomic_json(path: Path, obj: Any) -> None:
     data = json.dumps(obj, indent=1).encode()
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 # ------------------------------------------------------------------------------------- statistics
@@ -253,7 +238,7 @@ def prepare_cpsl(model: torch.nn.Module, dataset, out_dir: str | Path, mean: Seq
                     arrays = {"p0": p0[b], "pix_count": pix[b], "feat_sum": fsum[b], "feat_count": fcnt[b],
                               "p0_shape": np.asarray(p0.shape[-2:], np.int64),
                               "image_size": np.asarray([H, W], np.int64)}
-                    _atomic_write(p0_path(out_dir, i), lambda f, a=arrays: np.savez(f, **a))
+                    atomic_write(p0_path(out_dir, i), lambda f, a=arrays: np.savez(f, **a))
                 bar.advance(task, len(group))
     finally:
         model.train(was_training)
@@ -269,7 +254,7 @@ def prepare_cpsl(model: torch.nn.Module, dataset, out_dir: str | Path, mean: Seq
     norms = np.linalg.norm(means, axis=1, keepdims=True)
     protos = np.where((fcnt[:, None] > 0) & (norms > 1e-12), means / np.maximum(norms, 1e-12),
                       _unit_random(K, C)).astype(np.float32)
-    _atomic_write(out_dir / PROTOTYPES, lambda f: np.save(f, protos))
+    atomic_write(out_dir / PROTOTYPES, lambda f: np.save(f, protos))
     prior = pix.astype(np.float64) / max(int(pix.sum()), 1)
     p0_shapes, sizes = agg["p0_shapes"], agg["image_sizes"]
     manifest = {
