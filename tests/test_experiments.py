@@ -8,13 +8,20 @@ def test_tiny_grid_end_to_end_and_resumable(tiny_streets, tmp_path):
     extra = ["train.iters=2", "train.log_every=1", "model.width=8", "data.crop=[32, 64]", "data.batch_source=2",
              "data.batch_target=2", "train.tensorboard=false"]
     out = tmp_path / "grid"
-    s = run_grid(["source_only", "self_training+gbw"], [0, 1], tiny_streets, out, progress=False, extra=extra)
-    assert set(s["table"]) == {"source_only", "self_training+gbw"}
+    run_grid(["source_only", "self_training+gbw"], [0, 1], tiny_streets, out, progress=False, extra=extra)
+    run_grid(["advent+gh"], [0], tiny_streets, out, progress=False, extra=extra)
+    s = run_grid(["source_only", "self_training+gbw", "advent+gh"], [0, 1], tiny_streets, out, progress=False,
+                 extra=extra)
+    assert set(s["table"]) == {"source_only", "self_training+gbw", "advent+gh"}
     md = (out / "summary.md").read_text()
     assert "| source_only | 2 |" in md and "self_training+gbw" in md
+    assert "steps in conflict" in md and "| advent+gh |" in md.split("steps in conflict")[1]
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["runs"]) == 4
-    assert (out / "class_iou.png").is_file() and (out / "miou.png").is_file()
+    assert len(summary["runs"]) == 5
+    assert "gh_conflict" in summary["methods"]["advent+gh"]
+    for png in ("class_iou.png", "miou.png", "rare_recall.png", "training_source_ce.png"):
+        assert (out / png).is_file(), png
+    assert (out / Cell("self_training+gbw", 0).name / "plots" / "class_weights_source.png").is_file()
     cfg = (out / Cell("self_training+gbw", 1).name / "config.yaml").read_text()
     assert "class_weights: gbw" in cfg and "seed: 1" in cfg
     stamp = (out / Cell("source_only", 0).name / "final_metrics.json").stat().st_mtime_ns
@@ -32,5 +39,6 @@ def test_cpsl_cell_runs_warmup_prepare_and_stage1(tiny_streets, tmp_path):
     assert "cpsl" in s["table"]
     assert (out / "advent_s0" / "final_metrics.json").is_file()
     assert (out / "cpsl_prepared_s0" / "manifest.json").is_file()
+    assert (out / "cpsl_s0" / "plots" / "cpsl_marginal_vs_prior.png").is_file()
     logged = (out / "cpsl_s0" / "metrics.jsonl").read_text()
     assert "cpsl/assign_marginal" in logged and "loss/target.sl" in logged

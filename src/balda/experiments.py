@@ -179,13 +179,34 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
         return {}
     rare = _rarest(next(iter(rows.values())), rare_k)
     table = {}
+    curves: dict[str, tuple[list, list]] = {}
     for method, ms in rows.items():
+        gh_conf, gh_angle = [], []
+        loss_by_step: dict[int, list[float]] = {}
+        for s in seeds:
+            from balda.engine.logger import read_metrics
+
+            recs = read_metrics(out / Cell(method, s).name, "train")
+            conf = [r["gh/conflict"] for r in recs if r.get("gh/conflict") is not None]
+            ang = [r["gh/angle"] for r in recs if r.get("gh/angle") is not None]
+            if conf:
+                gh_conf.append(100 * float(np.mean(conf)))
+                gh_angle.append(float(np.mean(ang)))
+            for r in recs:
+                if r.get("loss/source.ce") is not None:
+                    loss_by_step.setdefault(r["step"], []).append(r["loss/source.ce"])
+        if loss_by_step:
+            steps = sorted(loss_by_step)
+            curves[method] = (steps, [float(np.mean(loss_by_step[t])) for t in steps])
         miou = np.array([m["miou"] for m in ms]) * 100
         mini = np.array([m["min_iou"] for m in ms]) * 100
         rrec = np.array([np.nanmean(_per_class(m, "recall")[rare]) for m in ms]) * 100
         ious = np.stack([_per_class(m, "iou") for m in ms]) * 100
         table[method] = {"n": len(ms), "miou": (miou.mean(), miou.std()), "min_iou": (mini.mean(), mini.std()),
                          "rare_recall": (rrec.mean(), rrec.std()), "iou": np.nanmean(ious, 0)}
+        if gh_conf:
+            table[method]["gh_conflict"] = (float(np.mean(gh_conf)), float(np.std(gh_conf)))
+            table[method]["gh_angle"] = (float(np.mean(gh_angle)), float(np.std(gh_angle)))
     names = [CLASS_NAMES[c] for c in rare]
     lines = [f"Rarest target classes (val ground truth): {', '.join(names)}.", "",
              "| method | seeds | mIoU | min-class IoU | rare recall |", "|---|---|---|---|---|"]
@@ -193,6 +214,14 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
         lines.append(f"| {method} | {t['n']} | {t['miou'][0]:.1f} ± {t['miou'][1]:.1f} | "
                      f"{t['min_iou'][0]:.1f} ± {t['min_iou'][1]:.1f} | "
                      f"{t['rare_recall'][0]:.1f} ± {t['rare_recall'][1]:.1f} |")
+    gh_rows = {k: t for k, t in table.items() if "gh_conflict" in t}
+    if gh_rows:
+        lines += ["", "Gradient conflict between the task and alignment gradients (GH runs; mean over logged "
+                      "intervals, then over seeds):", "", "| method | steps in conflict (%) | mean angle (deg) |",
+                  "|---|---|---|"]
+        for method, t in gh_rows.items():
+            lines.append(f"| {method} | {t['gh_conflict'][0]:.1f} ± {t['gh_conflict'][1]:.1f} | "
+                         f"{t['gh_angle'][0]:.1f} ± {t['gh_angle'][1]:.1f} |")
     lines += ["", "Per-class IoU (mean over seeds):", "",
               "| method | " + " | ".join(CLASS_NAMES) + " |", "|---" * (len(CLASS_NAMES) + 1) + "|"]
     for method, t in table.items():
@@ -204,8 +233,8 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
         w.writeheader()
         w.writerows(runs)
     (out / "summary.json").write_text(json.dumps(
-        {"rare_classes": names, "methods": {k: {**{m: list(v) for m, v in t.items() if m in ("miou", "min_iou",
-                                                                                            "rare_recall")},
+        {"rare_classes": names, "methods": {k: {**{m: list(v) for m, v in t.items() if m in (
+            "miou", "min_iou", "rare_recall", "gh_conflict", "gh_angle")},
                                                 "n": t["n"], "iou": [None if np.isnan(x) else x for x in t["iou"]]}
                                             for k, t in table.items()}, "runs": runs}, indent=1))
     try:
@@ -215,6 +244,9 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
                              title="target per-class IoU")
         plots.plot_bars({k: t["miou"][0] for k, t in table.items()}, out / "miou.png", "target mIoU", "mIoU (%)",
                         errors={k: t["miou"][1] for k, t in table.items()})
+        if curves:
+            plots.plot_curves(curves, out / "training_source_ce.png", "source CE during training (mean over seeds)",
+                              "iteration", "loss")
         plots.plot_bars({k: t["rare_recall"][0] for k, t in table.items()}, out / "rare_recall.png",
                         f"mean recall of the {len(rare)} rarest classes", "recall (%)",
                         errors={k: t["rare_recall"][1] for k, t in table.items()})
@@ -244,6 +276,7 @@ def run_grid(methods: Iterable[str], seeds: Iterable[int], data: Path, out: Path
         # two workers never train the same run folder at once
         phases = [[c for c in todo if c.method not in WARMUP], [c for c in todo if c.method in WARMUP]]
         done = 0
+        bar = _grid_progress(len(todo)) if progress else None
         for k, phase in enumerate(phases):
             if k == 1:  # warm-ups and preparation first, one at a time (idempotent)
                 for c in phase:
@@ -253,8 +286,14 @@ def run_grid(methods: Iterable[str], seeds: Iterable[int], data: Path, out: Path
                 for fut in futures:
                     fut.result()
                     done += 1
-                    print(f"[{done}/{len(todo)}] {futures[fut].method} seed {futures[fut].seed}: done "
-                          f"({time.time() - t0:.0f} s)", flush=True)
+                    msg = f"[{done}/{len(todo)}] {futures[fut].method} seed {futures[fut].seed}: done " \
+                          f"({time.time() - t0:.0f} s)"
+                    if bar is not None:
+                        bar[0].update(bar[1], advance=1, description=msg)
+                    else:
+                        print(msg, flush=True)
+        if bar is not None:
+            bar[0].stop()
     else:
         for i, cell in enumerate(cells):
             state = "done" if is_done(cell, out) else "running"
@@ -263,6 +302,17 @@ def run_grid(methods: Iterable[str], seeds: Iterable[int], data: Path, out: Path
     summary = summarize(out, methods, seeds)
     summary["seconds"] = time.time() - t0
     return summary
+
+
+def _grid_progress(total: int):
+    """An overall rich progress bar over a grid's cells (elapsed time and ETA)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                 TextColumn("eta"), TimeRemainingColumn())
+    p.start()
+    return p, p.add_task("grid", total=total)
 
 
 def run_demo(out: Path = Path("runs/demo"), data: Path = Path("data/streets"), quick: bool = False,

@@ -115,3 +115,19 @@ def test_active_run_acquires_labels_in_rounds(tiny_config):
     assert "round" in text
     recs = [r for r in __import__("balda.engine.logger", fromlist=["x"]).read_metrics(cfg.run_dir, "active")]
     assert [r["step"] for r in recs] == [1, 2]
+    assert (cfg.run_dir / "plots" / "active_round0.png").is_file()
+    assert (cfg.run_dir / "plots" / "active_round1.png").is_file()
+
+
+def test_cli_eval_reproduces_final_metrics_and_exports(tiny_config, tmp_path):
+    from balda.cli import main
+
+    cfg = tiny_config("streets/source_only", iters=2)
+    Trainer(cfg).fit()
+    out_json = tmp_path / "m.json"
+    rc = main(["eval", str(cfg.run_dir), "--json", str(out_json), "--export", str(tmp_path / "pred"), "--no-progress"])
+    assert rc == 0
+    got = json.loads(out_json.read_text())["miou"]
+    assert got == json.loads((cfg.run_dir / "final_metrics.json").read_text())["miou"]
+    assert len(list((tmp_path / "pred" / "labelIds").glob("*.png"))) == 4
+    assert main(["eval", str(tmp_path / "nope.pt")]) == 1

@@ -44,4 +44,13 @@ def write_run_plots(run_dir: str | Path, metrics, records: list[dict]) -> list[P
         w = np.array([[r.get(f"weights/{term}/{c}", np.nan) for c in CLASS_NAMES] for r in rows], dtype=float)
         written.append(plots.plot_class_weights([r["step"] for r in rows], w, CLASS_NAMES,
                                                 out / f"class_weights_{term}.png"))
+    marg = [r for r in train if f"cpsl/assign_marginal/{CLASS_NAMES[0]}" in r]
+    if marg:  # CPSL: class marginal of the Sinkhorn assignments vs the prior r it is balanced towards
+        steps = [r["step"] for r in marg]
+        m = np.array([[r.get(f"cpsl/assign_marginal/{c}", np.nan) for c in CLASS_NAMES] for r in marg], dtype=float)
+        prior = np.array([marg[-1].get(f"cpsl/prior/{c}", np.nan) for c in CLASS_NAMES], dtype=float)
+        ratio = m / np.where(prior > 0, prior, np.nan)
+        written.append(plots.plot_class_weights(steps, ratio, CLASS_NAMES, out / "cpsl_marginal_vs_prior.png",
+                                                title="CPSL: assignment class marginal / prior r (1 = balanced)",
+                                                ylabel="marginal / r"))
     return written

@@ -293,6 +293,13 @@ class Trainer:
         dist.barrier()
         flat = {f"active/{k}": float(v) for k, v in stats.items() if isinstance(v, (int, float))}
         logger.write(self.step, flat, kind="active")
+        if self.is_main:
+            from balda.active.acquire import plot_round
+
+            try:  # acquired-pixel overlays and the labelled-set class histogram of every round so far
+                plot_round(self.active_store, self.active_target_ds, self.run_dir / "plots" / f"active_round{r}.png")
+            except Exception as e:  # a plot must never stop a run
+                log.warning("could not plot acquisition round %d: %s", r, e)
         return True
 
     def fit(self):
