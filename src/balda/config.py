@@ -159,6 +159,8 @@ class SelfTrainingConfig:
     ignore_bottom: int = 0
     mix: Literal["classmix", "none"] = "classmix"
     color_jitter_strength: float = 0.2
+    #: DACS/DAFormer convention (their code jitters when u > p): the mixed image is colour-jittered
+    #: with probability ``1 - color_jitter_p`` (0.8 at the default 0.2).
     color_jitter_p: float = 0.2
     blur: bool = True
     lambda_target: float = 1.0
