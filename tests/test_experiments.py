@@ -17,7 +17,7 @@ def test_tiny_grid_end_to_end_and_resumable(tiny_streets, tmp_path):
     assert "| source_only | 2 |" in md and "self_training+gbw" in md
     assert "steps in conflict" in md and "| advent+gh |" in md.split("steps in conflict")[1]
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["runs"]) == 5
+    assert len(summary["runs"]) == 6
     assert "gh_conflict" in summary["methods"]["advent+gh"]
     for png in ("class_iou.png", "miou.png", "rare_recall.png", "training_source_ce.png"):
         assert (out / png).is_file(), png
@@ -42,3 +42,20 @@ def test_cpsl_cell_runs_warmup_prepare_and_stage1(tiny_streets, tmp_path):
     assert (out / "cpsl_s0" / "plots" / "cpsl_marginal_vs_prior.png").is_file()
     logged = (out / "cpsl_s0" / "metrics.jsonl").read_text()
     assert "cpsl/assign_marginal" in logged and "loss/target.sl" in logged
+
+
+def test_readme_section_is_replaced_between_markers(tmp_path):
+    import json as _json
+
+    from balda.experiments import README_BEGIN, README_END, write_readme_section
+
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / "summary.md").write_text("| method | mIoU |\n|---|---|\n| a | 1.0 |\n")
+    (out / "summary.json").write_text(_json.dumps({"runs": [{}, {}]}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{README_BEGIN}\nold\n{README_END}\n\ntail\n")
+    write_readme_section(readme, out, "balda bench --seeds 3", commit="abc123")
+    text = readme.read_text()
+    assert "old" not in text and "| a | 1.0 |" in text and "`abc123`" in text and text.endswith("tail\n")
+    assert "(2 runs)" in text and "balda bench --seeds 3" in text

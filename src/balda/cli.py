@@ -141,6 +141,13 @@ def _cmd_bench(args) -> int:
     if summary:
         print(summary["markdown"])
         print(f"results in {args.out} ({summary['seconds']:.0f} s)")
+        if args.readme:
+            from balda.experiments import write_readme_section
+
+            cmd = "balda bench " + " ".join(a for a in sys.argv[2:] if not a.startswith("--readme")
+                                            and a != args.readme)
+            write_readme_section(Path(args.readme), Path(args.out), cmd, commit=args.commit)
+            print(f"results section of {args.readme} updated")
     return 0
 
 
@@ -231,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--in-process", action="store_true", help="run cells in this process (no subprocesses)")
     b.add_argument("--jobs", type=int, default=1, help="cells run at once (each with cores/jobs threads)")
     b.add_argument("--list", action="store_true", help="list the method catalogue and exit")
+    b.add_argument("--readme", metavar="FILE", help="also write the table into FILE between the results markers")
+    b.add_argument("--commit", help="commit the cells were trained at (default: the current HEAD)")
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=_cmd_bench)
 

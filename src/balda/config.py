@@ -214,12 +214,25 @@ class CPSLConfig:
 
 
 @dataclass
+class DistillConfig:
+    """CPSL stages 2-3: self-distillation of a frozen teacher into a fresh student (specs/cpsl.md)."""
+
+    #: The previous stage's checkpoint or run folder (required).
+    teacher: Optional[str] = None
+    threshold: float = 0.95
+    lambda_ce: float = 1.0
+    lambda_kl: float = 1.0
+
+
+@dataclass
 class MethodConfig:
-    name: Literal["source_only", "oracle", "self_training", "adversarial", "minent", "cpsl"] = "source_only"
+    name: Literal["source_only", "oracle", "self_training", "adversarial", "minent", "cpsl",
+                  "distill"] = "source_only"
     self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     minent: MinEntConfig = field(default_factory=MinEntConfig)
     cpsl: CPSLConfig = field(default_factory=CPSLConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 # ---------------------------------------------------------------------------------------- balancing

@@ -46,6 +46,10 @@ def build_strategy(cfg: Config, model: Segmentor, weighting: Optional[WeightingF
         from balda.methods.cpsl import CPSLStrategy
 
         strategy = CPSLStrategy(model, weighting, cfg.method.cpsl, K, mean, std, seed=seed)
+    elif name == "distill":
+        from balda.methods.distill import DistillStrategy
+
+        strategy = DistillStrategy(model, weighting, cfg.method.distill, K, mean, std, seed=seed)
     else:  # pragma: no cover - Literal-validated by the config
         raise ValueError(f"method.name: unknown strategy {name!r}")
     if cfg.active.enabled:
