@@ -271,7 +271,7 @@ def main(argv=None) -> int:
              f"`{meta['commit']}` on {meta['device']} ({meta['machine']}, torch {meta['torch']}, "
              f"{meta['threads']} threads, amp {args.amp}), {meta['date']}. Median of {args.steps} steps after "
              f"{args.warmup} warm-up steps; same synthetic batches for every row.", "",
-             "| strategy | s/iter | vs base | peak memory (MB) |", "|---|---|---|---|"]
+             "| strategy | s/iter | vs base | peak memory (MB; CPU: process max RSS so far) |", "|---|---|---|---|"]
     for name, r in results.items():
         vs = f"{r['vs_base']:.2f}x {r['base']}" if "vs_base" in r else "–"
         lines.append(f"| {name} | {r['step_s']:.3f} | {vs} | {r['peak_mb']:.0f} |")
