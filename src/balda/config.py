@@ -84,6 +84,10 @@ class ModelConfig:
     num_classes: int = 19
     #: Local path of ImageNet weights for the backbone (nothing is downloaded); null = random init.
     pretrained: Optional[str] = None
+    #: Local path of a whole-segmentor checkpoint to start training from (a run's ``final.pt`` /
+    #: ``best.pt``, or a state dict), e.g. self-training from a source-only model; loaded by the
+    #: trainer before the strategy is built (so an EMA teacher starts from it), not on resume.
+    init: Optional[str] = None
     #: Keep BatchNorm statistics and affine parameters of the backbone frozen (DeepLabV2 recipe).
     freeze_bn: bool = False
     #: Width multiplier of the small CPU model.
@@ -154,6 +158,9 @@ class SelfTrainingConfig:
 
     ema_alpha: float = 0.999
     pseudo_threshold: float = 0.968
+    #: Pseudo-label pixel weight: ``image`` = share of confident pixels of the image (DACS);
+    #: ``pixel`` = 1 where the teacher's confidence >= pseudo_threshold, else 0 (FixMatch-style).
+    pseudo_weight: Literal["image", "pixel"] = "image"
     #: Ignore the top/bottom rows of the pseudo-label (DAFormer: 15 / 120 on 512 crops).
     ignore_top: int = 0
     ignore_bottom: int = 0

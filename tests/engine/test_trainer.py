@@ -131,3 +131,23 @@ def test_cli_eval_reproduces_final_metrics_and_exports(tiny_config, tmp_path):
     assert got == json.loads((cfg.run_dir / "final_metrics.json").read_text())["miou"]
     assert len(list((tmp_path / "pred" / "labelIds").glob("*.png"))) == 4
     assert main(["eval", str(tmp_path / "nope.pt")]) == 1
+
+
+def test_model_init_starts_student_and_teacher_from_a_run(tiny_config):
+    """``model.init``: the student and the EMA teacher start from the given run's final weights;
+    resuming ignores it (the checkpoint wins)."""
+    src = tiny_config("streets/source_only", name="warm")
+    Trainer(src).fit()
+    final = src.run_dir / "final.pt"
+    cfg = tiny_config("streets/self_training", f"model.init={final}", name="st")
+    tr = Trainer(cfg)
+    ref = _weights(final)
+    for k, v in tr.model.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    for k, v in tr.strategy.teacher.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    tr.fit()
+    bad = tiny_config("streets/self_training", f"model.init={src.run_dir / 'missing.pt'}", name="st")
+    Trainer(bad, resume=True)  # resumes from st/last.pt: model.init is not read
+    with pytest.raises(Exception, match="missing.pt"):
+        Trainer(tiny_config("streets/self_training", f"model.init={src.run_dir / 'missing.pt'}", name="st2"))

@@ -104,6 +104,25 @@ def test_pseudo_label_ignore_rows():
     assert torch.equal(w[0, :, 0], torch.tensor([0., 1., 1., 1., 0., 0.]))
 
 
+def test_pseudo_label_pixel_weight_is_the_confidence_mask():
+    """``weight="pixel"``: 1 where max p >= tau, else 0 (ignored rows 0); q is unchanged."""
+    logits = torch.zeros(2, 3, 4, 4)
+    logits[0, 1, :2] = 10.0
+    logits[1, 2] = 10.0
+    logits[1, 0, 0, 0] = 9.0
+    _, w, q = pseudo_label(logits, (4, 4), 0.968, weight="pixel")
+    assert torch.allclose(q, torch.tensor([0.5, 15 / 16]))
+    expect0 = torch.zeros(4, 4)
+    expect0[:2] = 1.0
+    expect1 = torch.ones(4, 4)
+    expect1[0, 0] = 0.0
+    assert torch.equal(w[0], expect0) and torch.equal(w[1], expect1)
+    _, w, _ = pseudo_label(logits, (4, 4), 0.968, ignore_top=1, weight="pixel")
+    assert torch.equal(w[0, 0], torch.zeros(4)) and torch.equal(w[0, 1], torch.ones(4))
+    with pytest.raises(ValueError, match="pseudo_weight"):
+        pseudo_label(logits, (4, 4), 0.968, weight="soft")
+
+
 def test_mixed_targets_hand_example():
     mask = torch.tensor([[[True, False, False], [True, True, False]]])
     ys = torch.tensor([[[3, 255, 1], [4, 2, 255]]])

@@ -142,3 +142,35 @@ def test_missing_keys_and_shape_mismatch(tmp_path, resnet18_file):
         load_pretrained(SmallSegNet(width=8), path2)
     assert "small16.pth" in str(err.value) and "shape mismatch" in str(err.value)
     assert "stem.0.weight (file (16, 3, 3, 3) vs model (8, 3, 3, 3))" in str(err.value)
+
+
+def test_diff_state_dict_lists_each_kind_of_mismatch():
+    from balda.models.weights import diff_state_dict
+
+    own = {"a": torch.zeros(2), "b": torch.zeros(3), "n": torch.zeros(())}
+    other = {"a": torch.zeros(2), "b": torch.zeros(4), "extra": torch.zeros(1)}
+    d = diff_state_dict(own, other, optional=lambda k: k == "n")
+    assert d.missing == [] and d.unexpected == ["extra"] and d.mismatched == ["b (file (4,) vs model (3,))"]
+    assert d and "1 unexpected: extra" in str(d) and "1 shape mismatches" in str(d)
+    assert not diff_state_dict(own, dict(own))
+    assert diff_state_dict(own, {"a": torch.zeros(2), "b": torch.zeros(3)}).missing == ["n"]
+
+
+def test_load_segmentor_reads_a_run_checkpoint_or_a_state_dict(tmp_path):
+    from balda.models.weights import load_segmentor
+
+    torch.manual_seed(0)
+    src = SmallSegNet(width=8)
+    ckpt = tmp_path / "final.pt"  # a balda checkpoint pickles more than tensors
+    torch.save({"model": src.state_dict(), "step": 3, "rng": {"numpy": ("MT19937", [1, 2])}}, ckpt)
+    plain = tmp_path / "plain.pt"
+    torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, plain)
+    for path in (ckpt, plain):
+        dst = SmallSegNet(width=8)
+        assert load_segmentor(dst, path) == len(src.state_dict())
+        for k, v in src.state_dict().items():
+            assert torch.equal(dst.state_dict()[k], v), k
+    with pytest.raises(WeightsError, match="final.pt.*shape mismatches"):
+        load_segmentor(SmallSegNet(width=16), ckpt)
+    with pytest.raises(WeightsError, match="model.init weights file not found: .*nope.pt"):
+        load_segmentor(SmallSegNet(width=8), tmp_path / "nope.pt")

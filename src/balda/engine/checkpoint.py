@@ -79,19 +79,10 @@ def seed_everything(seed: int) -> None:
 
 def load_model_weights(model: torch.nn.Module, state: dict, source: str | Path) -> None:
     """Load a model state dict, raising :class:`CheckpointError` naming ``source`` on a mismatch."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shape:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}")
-        if shape:
-            parts.append("shape mismatch " + ", ".join(
-                f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shape[:5]))
-        raise CheckpointError(f"checkpoint {source} does not match the model ({'; '.join(parts)}); "
+    from balda.models.weights import diff_state_dict
+
+    diff = diff_state_dict(model.state_dict(), state)
+    if diff:
+        raise CheckpointError(f"checkpoint {source} does not match the model ({diff}); "
                               "was it trained with another model config?")
     model.load_state_dict(state)

@@ -86,7 +86,12 @@ class Trainer:
         self.progress = cfg.train.progress if progress is None else progress
         seed_everything(cfg.train.seed)
 
-        self.model = build_model(cfg.model).to(self.device)
+        self.model = build_model(cfg.model)
+        if cfg.model.init and not self._resumes(resume):
+            from balda.models.weights import load_segmentor
+
+            load_segmentor(self.model, cfg.model.init)
+        self.model = self.model.to(self.device)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.source_ds = build_dataset(cfg.data.source)
@@ -137,6 +142,12 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
 
     # ----------------------------------------------------------------------------------- setup
+    def _resumes(self, resume: bool | str) -> bool:
+        """Whether construction will load a checkpoint (then ``model.init`` is not needed)."""
+        if isinstance(resume, bool):
+            return resume and (self.run_dir / "last.pt").exists()
+        return bool(resume)
+
     def _imnet_model(self, path: str):
         from balda.models import build_model
         from balda.models.weights import load_pretrained

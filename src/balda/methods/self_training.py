@@ -86,12 +86,14 @@ def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
 
 
 def pseudo_label(logits: torch.Tensor, size: tuple[int, int], threshold: float, ignore_top: int = 0,
-                 ignore_bottom: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 ignore_bottom: int = 0, weight: str = "image") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hard pseudo-labels and their pixel weights from teacher logits.
 
     ``logits`` (B,K,h,w) are upsampled to ``size`` = (H, W). Returns ``labels`` (B,H,W) =
-    argmax softmax, ``pixel_weight`` (B,H,W) = ``q_b`` broadcast with the ignored rows set to 0,
-    and ``q`` (B,) = fraction of pixels of each image with max probability >= ``threshold``.
+    argmax softmax, ``pixel_weight`` (B,H,W) and ``q`` (B,) = fraction of pixels of each image with
+    max probability >= ``threshold``. ``weight="image"`` (DACS): ``pixel_weight`` = ``q_b``
+    broadcast; ``weight="pixel"`` (FixMatch-style hard mask, Sohn et al. NeurIPS 2020):
+    ``pixel_weight_i = [max_c p_ic >= threshold]``. Ignored rows get weight 0 in both.
     """
     prob = torch.softmax(resize_logits(logits.float(), size), dim=1)
     conf, labels = prob.max(dim=1)
@@ -99,6 +101,10 @@ def pseudo_label(logits: torch.Tensor, size: tuple[int, int], threshold: float, 
     B, H, W = labels.shape
     rows = torch.arange(H, device=logits.device)
     keep = (rows >= int(ignore_top)) & (rows < H - int(ignore_bottom))
+    if weight == "pixel":
+        return labels, (conf >= threshold).to(q.dtype) * keep.view(1, H, 1).to(q.dtype), q
+    if weight != "image":
+        raise ValueError(f"method.self_training.pseudo_weight: unknown {weight!r}; expected 'image' or 'pixel'")
     pixel_weight = q.view(B, 1, 1) * keep.view(1, H, 1).to(q.dtype)
     return labels, pixel_weight.expand(B, H, W), q
 
@@ -287,7 +293,7 @@ class SelfTrainingStrategy(Strategy):
         # label construction and photometric augmentation in float32 (outside any autocast region)
         with torch.no_grad(), torch.autocast(xt.device.type, enabled=False):
             pseudo, pix_w, q = pseudo_label(t_logits, tuple(xt.shape[-2:]), cfg.pseudo_threshold,
-                                            cfg.ignore_top, cfg.ignore_bottom)
+                                            cfg.ignore_top, cfg.ignore_bottom, cfg.pseudo_weight)
             # 3. ClassMix (source b mod B_s pasted on target b) + strong augmentation
             Bs, Bt = xs.shape[0], xt.shape[0]
             if Bs != Bt:

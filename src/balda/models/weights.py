@@ -36,11 +36,14 @@ class LoadResult(NamedTuple):
     ignored: list[str]
 
 
-def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+def _read_state_dict(path: Path, full_checkpoint: bool = False) -> Mapping[str, torch.Tensor]:
+    """The state dict in ``path``. ``full_checkpoint``: the file may be a balda training checkpoint,
+    which also pickles optimiser / RNG state and so needs ``weights_only=False`` (the same trust as
+    ``--resume``: only for files the user produced)."""
     if not path.is_file():
-        raise WeightsError(f"pretrained weights file not found: {path}")
+        raise WeightsError(f"{'model.init' if full_checkpoint else 'pretrained'} weights file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=not full_checkpoint)
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle means an unusable file
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(
@@ -74,6 +77,65 @@ def _fmt(keys: list[str]) -> str:
     return ", ".join(keys[:_SHOW]) + more
 
 
+class StateDiff(NamedTuple):
+    """Keys by which a state dict differs from a model's: what :func:`diff_state_dict` returns.
+
+    Falsy when the two match; ``str()`` lists a few keys of each kind for an error message."""
+
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[str]  # "key (file shape vs model shape)"
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing: {_fmt(self.missing)}")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected: {_fmt(self.unexpected)}")
+        if self.mismatched:
+            parts.append(f"{len(self.mismatched)} shape mismatches: {_fmt(self.mismatched)}")
+        return "; ".join(parts)
+
+
+def diff_state_dict(own: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor],
+                    optional=lambda key: False) -> StateDiff:
+    """Compare ``other`` (a file's state dict) with ``own`` (the model's): keys of ``own`` absent from
+    ``other`` (except those ``optional(key)`` allows to be absent), keys of ``other`` unknown to
+    ``own``, and keys present in both with different shapes. The one place both the ImageNet-weights
+    loader and the checkpoint loader check a state dict."""
+    missing = [k for k in own if k not in other and not optional(k)]
+    unexpected = [k for k in other if k not in own]
+    mismatched = [f"{k} (file {tuple(other[k].shape)} vs model {tuple(own[k].shape)})"
+                  for k in own if k in other and tuple(other[k].shape) != tuple(own[k].shape)]
+    return StateDiff(missing, unexpected, mismatched)
+
+
+def load_segmentor(model: nn.Module, path: str | os.PathLike) -> int:
+    """Load a whole segmentor's weights from the local file ``path`` (in place); returns the number
+    of tensors loaded.
+
+    ``path`` is a balda checkpoint (``final.pt``, ``best.pt``, ``iter_N.pt``: the ``model`` entry is
+    used) or a plain state dict, optionally with a ``module.`` prefix. This is ``model.init``: start a
+    run from another run's model, e.g. self-training from a source-only model (the two-stage recipe
+    of CBST, Zou et al. ECCV 2018). Strict: any missing, extra or mis-shaped key raises
+    :class:`WeightsError` naming the file.
+    """
+    path = Path(path)
+    sd = dict(_read_state_dict(path, full_checkpoint=True))
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    own = model.state_dict()
+    diff = diff_state_dict(own, sd)
+    if diff:
+        raise WeightsError(f"model.init: weights {path} do not match the {type(model).__name__} model: {diff}; "
+                           "was it trained with another model config?")
+    model.load_state_dict({k: v.to(dtype=own[k].dtype) for k, v in sd.items()})
+    return len(sd)
+
+
 def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadResult:
     """Load ImageNet weights from the local file ``path`` into ``model.backbone`` (in place).
 
@@ -101,22 +163,10 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadResult:
     sd = {k: v for k, v in sd.items() if not k.startswith(ignore_prefixes)}
 
     own = backbone.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [
-        f"{k} (file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})"
-        for k in own if k in sd and sd[k].shape != own[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing: {_fmt(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected: {_fmt(unexpected)}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches: {_fmt(mismatched)}")
+    diff = diff_state_dict(own, sd, optional=lambda k: k.endswith("num_batches_tracked"))
+    if diff:
         kind = getattr(backbone, "name", type(backbone).__name__)
-        raise WeightsError(f"pretrained weights {path} do not match the {kind} backbone: " + "; ".join(parts))
+        raise WeightsError(f"pretrained weights {path} do not match the {kind} backbone: {diff}")
 
     sd = {k: v.to(dtype=own[k].dtype) for k, v in sd.items()}
     backbone.load_state_dict(sd, strict=False)
