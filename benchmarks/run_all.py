@@ -7,7 +7,6 @@ Measured in one process, on the same batches, with warm-up steps excluded (media
   (GBW overhead target < 5% of the step; GH <= 1.7x with all shared parameters; CPSL stage 1
   <= 1.5x a self-training step);
 * evaluation throughput (images/s, whole-image inference + confusion matrix);
-* acquisition throughput (RIPU/CBDA round over the target set vs a plain inference pass, target <= 1.3x);
 * peak memory (CUDA: ``torch.cuda.max_memory_allocated``; CPU: peak RSS of the process).
 
 ``--preset streets`` (default) uses the embedded benchmark's model and crops on the CPU;
@@ -178,12 +177,11 @@ def presets(name: str):
     return [(n, load_config(resolve_config(c), real + o), b) for n, c, o, b in rows]
 
 
-def time_eval_and_acquire(cfg, device, n_images: int) -> dict:
-    """Evaluation throughput and acquisition time vs plain inference over ``n_images`` target images."""
+def time_eval(cfg, device, n_images: int) -> dict:
+    """Evaluation throughput (whole-image inference + confusion matrix) over ``n_images`` random images
+    of twice the crop size. Acquisition vs inference is measured by ``bench_acquire.py``."""
     import numpy as np
 
-    from balda.active.acquire import acquire_round
-    from balda.active.annotator import LabelStore, OracleAnnotator
     from balda.engine.evaluation import evaluate
     from balda.models import build_model
 
@@ -207,21 +205,17 @@ def time_eval_and_acquire(cfg, device, n_images: int) -> dict:
     evaluate(model, ds, cfg.eval, cfg.data.mean, cfg.data.std, device=device, progress=False)
     _sync(device)
     t_eval = time.perf_counter() - t
-    out = {"eval_images_per_s": n_images / t_eval, "eval_image_hw": [h, w]}
-    import tempfile
+    return {"eval_images_per_s": n_images / t_eval, "eval_image_hw": [h, w]}
 
-    for sel in ("ripu", "cbda"):
-        with tempfile.TemporaryDirectory() as tmp:
-            acfg = replace(cfg.active, enabled=True, selection=sel, budget=0.05, rounds=[0.5])
-            store = LabelStore(Path(tmp))
-            _sync(device)
-            t = time.perf_counter()
-            acquire_round(model, ds, store, acfg, 0, 1, cfg.data.mean, cfg.data.std, device, OracleAnnotator(ds),
-                          progress=False)
-            _sync(device)
-            out[f"acquire_{sel}_s"] = time.perf_counter() - t
-            out[f"acquire_{sel}_vs_inference"] = out[f"acquire_{sel}_s"] / t_eval
-    return out
+
+def write_section(md: Path, marker: str, section: str) -> None:
+    """Replace the section that starts with the heading ``marker`` in ``md`` (or append it)."""
+    old = md.read_text() if md.exists() else "# balda performance benchmarks\n\n"
+    if marker in old:
+        head, _, rest = old.partition(marker)
+        nxt = rest.find("\n## ")
+        old = head + (rest[nxt + 1:] if nxt >= 0 else "")
+    md.write_text(old.rstrip() + "\n\n" + section)
 
 
 def main(argv=None) -> int:
@@ -259,7 +253,7 @@ def main(argv=None) -> int:
             print(f"{name:<42} {r['step_s'] * 1000:9.1f} ms/step" +
                   (f"  x{r['vs_base']:.2f} vs {base}" if "vs_base" in r else ""), flush=True)
         first = rows[0][1]
-        extra = time_eval_and_acquire(first, device, args.eval_images) if args.preset == "streets" else {}
+        extra = time_eval(first, device, args.eval_images) if args.preset == "streets" else {}
     meta = {"commit": _commit(), "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "preset": args.preset,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores", "amp": args.amp,
@@ -277,19 +271,10 @@ def main(argv=None) -> int:
         lines.append(f"| {name} | {r['step_s']:.3f} | {vs} | {r['peak_mb']:.0f} |")
     if extra:
         lines += ["", f"Evaluation: {extra['eval_images_per_s']:.1f} images/s at {extra['eval_image_hw'][0]}x"
-                      f"{extra['eval_image_hw'][1]} (whole-image inference + confusion matrix).",
-                  f"Acquisition (one round, 5% budget, over the same images): RIPU {extra['acquire_ripu_s']:.2f} s "
-                  f"({extra['acquire_ripu_vs_inference']:.2f}x the evaluation pass), CBDA {extra['acquire_cbda_s']:.2f} s "
-                  f"({extra['acquire_cbda_vs_inference']:.2f}x)."]
+                      f"{extra['eval_image_hw'][1]} (whole-image inference + confusion matrix). Acquisition "
+                      "rounds vs an inference pass: `bench_acquire.py`, section *Acquisition*."]
     section = "\n".join(lines) + "\n"
-    md = Path(args.markdown)
-    old = md.read_text() if md.exists() else "# balda performance benchmarks\n\n"
-    marker = f"## Performance ({args.preset} preset)"
-    if marker in old:
-        head, _, rest = old.partition(marker)
-        nxt = rest.find("\n## ")
-        old = head + (rest[nxt + 1:] if nxt >= 0 else "")
-    md.write_text(old.rstrip() + "\n\n" + section)
+    write_section(Path(args.markdown), f"## Performance ({args.preset} preset)", section)
     print(f"\nwritten to {args.markdown} and {args.out}")
     return 0
 

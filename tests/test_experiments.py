@@ -44,6 +44,18 @@ def test_cpsl_cell_runs_warmup_prepare_and_stage1(tiny_streets, tmp_path):
     assert "cpsl/assign_marginal" in logged and "loss/target.sl" in logged
 
 
+def test_warm_cell_starts_from_its_source_only_cell(tiny_streets, tmp_path):
+    """``self_training@warm`` trains (or reuses) the source-only cell of its seed and starts from its
+    final weights through ``model.init``."""
+    extra = ["train.iters=2", "train.log_every=1", "model.width=8", "data.crop=[32, 64]", "data.batch_source=2",
+             "data.batch_target=2", "train.tensorboard=false"]
+    out = tmp_path / "grid"
+    s = run_grid(["self_training@warm"], [0], tiny_streets, out, progress=False, extra=extra)
+    assert "self_training@warm" in s["table"]
+    cfg = (out / Cell("self_training@warm", 0).name / "config.yaml").read_text()
+    assert f"init: {out / 'source_only_s0' / 'final.pt'}" in cfg
+
+
 def test_readme_section_is_replaced_between_markers(tmp_path):
     import json as _json
 

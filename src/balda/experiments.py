@@ -47,14 +47,21 @@ CATALOG: dict[str, tuple[str, tuple[str, ...]]] = {
     "self_training+gh": ("streets/self_training", ("balancing.combiner=gh",)),
     "self_training+gbw+gh": ("streets/self_training", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free",
                                                        "balancing.combiner=gh")),
+    # #4's investigation of self-training: per-pixel confidence masks, and a two-stage run from the
+    # source-only model (model.init) against its control, source-only continued for as long
+    "self_training@pixel": ("streets/self_training", ("method.self_training.pseudo_weight=pixel",)),
+    "self_training@warm": ("streets/self_training", ()),
+    "source_only@warm": ("streets/source_only", ()),
     "cpsl": ("streets/cpsl", ()),
     "cpsl+gbw": ("streets/cpsl", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
     **{f"{sel}@{b}%": (f"streets/active_{sel}", (f"active.budget={b / 100}",))
        for b in (2, 5, 10) for sel in ("ripu", "cbda")},
 }
 
-#: Methods that start from another method's finished run of the same seed (CPSL's warm-up).
-WARMUP = {"cpsl": "advent", "cpsl+gbw": "advent"}
+#: Methods that start from another method's finished run of the same seed: CPSL from its AdvEnt
+#: warm-up (then ``balda cpsl prepare``), the ``@warm`` variants from its final weights (``model.init``).
+WARMUP = {"cpsl": "advent", "cpsl+gbw": "advent", "self_training@warm": "source_only",
+          "source_only@warm": "source_only"}
 
 #: The full grid of ``balda bench``.
 DEFAULT_BENCH_METHODS = tuple(CATALOG)
@@ -95,9 +102,12 @@ def cell_config(cell: Cell, data: Path, out: Path, quick: bool = False, extra: I
 
 def prepare_warmup(cell: Cell, data: Path, out: Path, quick: bool, extra: Iterable[str], subprocess_mode: bool,
                    progress: bool) -> list[str]:
-    """For CPSL: finish the warm-up cell, run ``balda cpsl prepare`` on it; return the extra override."""
+    """Finish the warm-up cell and return the override that starts ``cell`` from it: for CPSL, run
+    ``balda cpsl prepare`` on it (``method.cpsl.prepared``); otherwise ``model.init`` = its final weights."""
     warm = Cell(WARMUP[cell.method], cell.seed)
     run_cell(warm, data, out, quick, extra, subprocess_mode, progress)
+    if CATALOG[cell.method][0] != "streets/cpsl":
+        return [f"model.init={out / warm.name / 'final.pt'}"]
     prepared = out / f"cpsl_prepared_s{cell.seed}"
     if not (prepared / "manifest.json").is_file():
         from balda.methods.cpsl_prepare import prepare_from_checkpoint
