@@ -140,6 +140,22 @@ def gbw_statistic(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
 
 
 # ------------------------------------------------------------------------------------ projection
+def logged_weights(weights: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The class weights as logged: ``w_c`` for the classes present in ``labels``, NaN for the others.
+
+    A weight multiplies no pixel of a class absent from the batch, so averaging it into a curve
+    would only say how often the class is absent (rare classes would look down-weighted). The
+    logger averages over the steps where a class is present (NaN-aware) and TensorBoard skips the
+    NaN points. Presence is a scatter into a (K+1,) mask on the device: no host sync.
+    """
+    K = weights.numel()
+    lab = labels.reshape(-1).long()
+    lab = torch.where((lab >= 0) & (lab < K), lab, torch.full_like(lab, K))
+    present = torch.zeros(K + 1, dtype=torch.bool, device=weights.device).scatter_(0, lab, True)[:K]
+    w = weights.detach().float()
+    return torch.where(present, w, torch.full_like(w, float("nan")))
+
+
 def project_simplex(v: torch.Tensor, total: float = 1.0) -> torch.Tensor:
     r"""Euclidean projection of ``v`` onto ``{w >= 0, sum_c w_c = total}`` along the last dim.
 

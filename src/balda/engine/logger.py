@@ -3,6 +3,10 @@ metrics log (``metrics.jsonl``), the single source that plots are drawn from.
 
 Scalars arrive as device tensors and are accumulated on the device; they are synchronised with the
 host only every ``log_every`` steps. Vectors (e.g. per-class weights) are logged per class name.
+Each key is averaged over the steps that logged it. Per-class weights (``weights/<term>``, NaN for
+a class absent from the batch, see :func:`balda.balancing.class_weights.logged_weights`) are
+averaged over the steps where the class was present in ``metrics.jsonl``, and written to
+TensorBoard at every step (kept on the device, sent at the flush: still one sync per flush).
 """
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ class RunLogger:
         self.class_names = class_names
         self.path = self.run_dir / "metrics.jsonl"
         self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, torch.Tensor] = {}
+        self._per_step: dict[str, list[tuple[int, torch.Tensor]]] = {}
         self._count = 0
         self._last_time = time.time()
         self._tb = None
@@ -81,18 +87,33 @@ class RunLogger:
         self.path.write_text("".join(l + "\n" for l in keep))
 
     # -- accumulation -------------------------------------------------------------------------
-    def accumulate(self, logs: dict[str, Any]) -> None:
+    #: Keys (prefixes) averaged NaN-aware in ``metrics.jsonl`` and written to TensorBoard every step.
+    PER_STEP = ("weights/",)
+
+    def accumulate(self, logs: dict[str, Any], step: Optional[int] = None) -> None:
+        """Add one step's logs (``step``: its 1-based index, for the per-step TensorBoard points)."""
         for k, v in logs.items():
             t = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
-            self._sums[k] = self._sums[k] + t if k in self._sums else t.clone()
+            if k.startswith(self.PER_STEP):
+                if step is not None and self._tb is not None:
+                    self._per_step.setdefault(k, []).append((step, t.clone()))
+                n = torch.isfinite(t).float()
+                t = torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
+            else:
+                n = torch.ones((), dtype=torch.float32, device=t.device)
+            if k in self._sums:
+                self._sums[k] = self._sums[k] + t
+                self._counts[k] = self._counts[k] + n
+            else:
+                self._sums[k], self._counts[k] = t.clone(), n.clone()
         self._count += 1
 
     def flush(self, step: int, extra: Optional[dict[str, float]] = None) -> dict[str, float]:
         """Average what was accumulated since the last flush (one host sync) and write it."""
         rec: dict[str, float] = {}
-        n = max(1, self._count)
         for k, v in self._sums.items():
-            v = (v / n).cpu()
+            c = self._counts[k]
+            v = torch.where(c > 0, v / c.clamp(min=1), torch.full_like(v, float("nan"))).cpu()
             if v.numel() == 1:
                 rec[k] = float(v)
             else:
@@ -105,11 +126,23 @@ class RunLogger:
         self._last_time = now
         if extra:
             rec.update(extra)
-        self._sums, self._count = {}, 0
-        self.write(step, rec)
+        if self._tb is not None:
+            for k, points in self._per_step.items():
+                vals = torch.stack([t.reshape(-1) for _, t in points]).cpu()
+                names = self.class_names if vals.shape[1] == len(self.class_names) else \
+                    [str(i) for i in range(vals.shape[1])]
+                for (s_, _), row in zip(points, vals.tolist()):
+                    for name, x in zip(names, row):
+                        if math.isfinite(x):
+                            self._tb.add_scalar(f"{k}/{name}", x, s_)
+        per_step = tuple(self._per_step)
+        self._sums, self._counts, self._per_step, self._count = {}, {}, {}, 0
+        self.write(step, rec, tb_skip=per_step)
         return rec
 
-    def write(self, step: int, rec: dict[str, float], kind: str = "train") -> None:
+    def write(self, step: int, rec: dict[str, float], kind: str = "train", tb_skip: tuple[str, ...] = ()) -> None:
+        """Append ``rec`` to ``metrics.jsonl`` and TensorBoard (keys under a ``tb_skip`` prefix: file only,
+        their TensorBoard points were written step by step)."""
         self.latest.update(rec)
         if not self.enabled:
             return
@@ -118,7 +151,7 @@ class RunLogger:
                                                                     else v) for k, v in rec.items()}}) + "\n")
         if self._tb is not None:
             for k, v in rec.items():
-                if isinstance(v, (int, float)) and math.isfinite(v):
+                if isinstance(v, (int, float)) and math.isfinite(v) and not (tb_skip and k.startswith(tb_skip)):
                     self._tb.add_scalar(f"{kind}/{k}" if kind != "train" else k, v, step)
 
     def progress(self, step: int) -> None:

@@ -325,7 +325,7 @@ class Trainer:
                 if self._maybe_acquire(logger):
                     loader = iter(self._loader())
                 logs = self.train_step(next(loader))
-                logger.accumulate(logs)
+                logger.accumulate(logs, self.step + 1)
                 self.step += 1
                 if self.step % tcfg.log_every == 0 or self.step == tcfg.iters:
                     logger.flush(self.step)

@@ -32,6 +32,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from balda.balancing.class_weights import logged_weights
 from balda.config import ActiveConfig
 from balda.data.labels import IGNORE_INDEX
 from balda.methods.base import StepOutput, Strategy, WeightingFactory
@@ -133,7 +134,7 @@ class ActiveStrategy(Strategy):
                 if self.active_weighting is not None:
                     cw = self.active_weighting(up.detach(), label)
                     if cw is not None:
-                        logs["weights/active"] = cw.detach()
+                        logs["weights/active"] = logged_weights(cw, label)
                 losses["active.ce"] = weighted_cross_entropy(up, label, class_weights=cw)
                 weights["active.ce"] = cfg.lambda_labelled
                 task = task + ("active.ce",)

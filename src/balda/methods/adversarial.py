@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from balda.balancing.class_weights import logged_weights
 from balda.config import AdversarialConfig
 from balda.methods.base import StepOutput, Strategy, WeightingFactory
 from balda.methods.losses import entropy_map, resize_logits, weighted_cross_entropy
@@ -149,7 +150,7 @@ class AdversarialStrategy(Strategy):
         up_s = resize_logits(out_s.logits, ys.shape[-2:])
         w_src = self.source_weighting(up_s.detach(), ys) if self.source_weighting is not None else None
         if w_src is not None:
-            logs["weights/source"] = w_src.detach()
+            logs["weights/source"] = logged_weights(w_src, ys)
         losses = {"source.ce": weighted_cross_entropy(up_s, ys, class_weights=w_src)}
         weights = {"target.adv": cfg.lambda_adv}
 

@@ -69,6 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from balda.balancing.class_weights import logged_weights
 from balda.config import CPSLConfig
 from balda.data.labels import IGNORE_INDEX
 from balda.methods.augment import batch_rand, color_jitter, gaussian_blur, mix, step_generator
@@ -645,7 +646,7 @@ class CPSLStrategy(Strategy):
         out_s = model(xs)
         losses["source.ce"], w_src = _ce_term(out_s.logits, ys, self.source_weighting)
         if w_src is not None:
-            logs["weights/source"] = w_src.detach()
+            logs["weights/source"] = logged_weights(w_src, ys)
 
         g = step_generator(self.seed, step, dev)
         def no_amp():
@@ -685,7 +686,7 @@ class CPSLStrategy(Strategy):
         out_t = model(x_strong)
         losses["target.ce"], w_tgt = _ce_term(out_t.logits, y_strong, self.target_weighting)
         if w_tgt is not None:
-            logs["weights/target"] = w_tgt.detach()
+            logs["weights/target"] = logged_weights(w_tgt, y_strong)
         losses["target.rce"] = rce_loss(out_t.logits, y_strong)
 
         with no_amp():

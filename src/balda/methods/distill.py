@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from balda.balancing.class_weights import logged_weights
 from balda.config import DistillConfig, ModelConfig, _from_dict
 from balda.methods.base import StepOutput, Strategy
 from balda.methods.cpsl import distill_losses, flip_averaged_logits
@@ -72,7 +73,7 @@ class DistillStrategy(Strategy):
         if self.source_weighting is not None:
             weights = self.source_weighting(s_logits.detach(), src["label"])
             if weights is not None:
-                logs["weights/source"] = weights
+                logs["weights/source"] = logged_weights(weights, src["label"])
         src_ce = weighted_cross_entropy(s_logits, src["label"], class_weights=weights)
         t_logits = flip_averaged_logits(self.teacher, tgt["image"])
         d = distill_losses(model(tgt["image"]).logits, t_logits, threshold=self.cfg.threshold)

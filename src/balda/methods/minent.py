@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from balda.balancing.class_weights import logged_weights
 from balda.config import MinEntConfig
 from balda.methods.base import StepOutput, Strategy, WeightingFactory
 from balda.methods.losses import entropy_map, resize_logits, weighted_cross_entropy
@@ -41,7 +42,7 @@ class MinEntStrategy(Strategy):
         up_s = resize_logits(model(src["image"]).logits, ys.shape[-2:])
         w_src = self.source_weighting(up_s.detach(), ys) if self.source_weighting is not None else None
         if w_src is not None:
-            logs["weights/source"] = w_src.detach()
+            logs["weights/source"] = logged_weights(w_src, ys)
         size_t = tuple(tgt["label"].shape[-2:]) if "label" in tgt else tuple(tgt["image"].shape[-2:])
         up_t = resize_logits(model(tgt["image"]).logits, size_t)
         ent = entropy_map(up_t).mean()

@@ -48,6 +48,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from balda.balancing.class_weights import logged_weights
 from balda.config import SelfTrainingConfig
 from balda.data.labels import IGNORE_INDEX
 from balda.methods.augment import classmix_masks, color_jitter, gaussian_blur, mix, step_generator
@@ -272,7 +273,7 @@ class SelfTrainingStrategy(Strategy):
                 hook.remove()
         losses["source.ce"], w_src = _ce_term(out_s.logits, ys, self.source_weighting)
         if w_src is not None:
-            logs["weights/source"] = w_src.detach()
+            logs["weights/source"] = logged_weights(w_src, ys)
 
         # 5. ImageNet feature distance on thing classes
         if self.fdist_enabled:
@@ -317,7 +318,7 @@ class SelfTrainingStrategy(Strategy):
         losses["target.ce"], w_tgt = _ce_term(out_m.logits, y_mix, self.target_weighting, pixel_weights=w_mix)
         weights["target.ce"] = cfg.lambda_target
         if w_tgt is not None:
-            logs["weights/target"] = w_tgt.detach()
+            logs["weights/target"] = logged_weights(w_tgt, y_mix)
 
         logs["st/pseudo_conf"] = q.mean()
         logs["st/ema_alpha"] = torch.tensor(self.current_alpha(step))

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+from balda.balancing.class_weights import logged_weights
 from balda.methods.base import Strategy, StepOutput
 from balda.methods.losses import weighted_cross_entropy
 
@@ -46,6 +47,6 @@ def _ce(logits, labels, weighting, term: str):
         up = resize_logits(logits, labels.shape[-2:])
         weights = weighting(up.detach(), labels)
         if weights is not None:
-            logs[f"weights/{term}"] = weights
+            logs[f"weights/{term}"] = logged_weights(weights, labels)
         return weighted_cross_entropy(up, labels, class_weights=weights), logs
     return weighted_cross_entropy(logits, labels), logs
