@@ -4,6 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# CI is deterministic: property tests draw the same examples on every run (a red CI always means a
+# change). `pytest --hypothesis-profile=explore` draws fresh examples, to hunt for new failures.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore", max_examples=500)
+settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")
