@@ -36,35 +36,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run_all import _commit, _sync, write_section  # noqa: E402
+from run_all import RandomTarget, _commit, _sync, write_section  # noqa: E402
 
 MODELS = {
     "small": dict(name="small"),
     "deeplabv2-r101": dict(name="deeplabv2", backbone="resnet101", freeze_bn=True),
     "daformer-b5": dict(name="daformer", backbone="mit_b5"),
 }
-
-
-class RandomTarget:
-    """``n`` random RGB images with random trainId labels of size ``h x w`` (the dataset interface
-    of evaluation and acquisition: ``names``, ``len``, ``load(i)``)."""
-
-    def __init__(self, n: int, h: int, w: int):
-        self.names = [f"c_000000_{i:06d}" for i in range(n)]
-        self.h, self.w = h, w
-
-    def __len__(self):
-        return len(self.names)
-
-    def load(self, i):
-        rng = np.random.default_rng(i)
-        return (rng.integers(0, 255, (self.h, self.w, 3), dtype=np.uint8),
-                rng.integers(0, 19, (self.h, self.w)).astype(np.uint8))
 
 
 class Subset:

@@ -177,28 +177,34 @@ def presets(name: str):
     return [(n, load_config(resolve_config(c), real + o), b) for n, c, o, b in rows]
 
 
+class RandomTarget:
+    """``n`` random RGB images with random trainId labels of size ``h x w`` (the dataset interface
+    of evaluation and acquisition: ``names``, ``len``, ``load(i)``)."""
+
+    def __init__(self, n: int, h: int, w: int):
+        self.names = [f"c_000000_{i:06d}" for i in range(n)]
+        self.h, self.w = h, w
+
+    def __len__(self):
+        return len(self.names)
+
+    def load(self, i):
+        import numpy as np
+
+        rng = np.random.default_rng(i)
+        return (rng.integers(0, 255, (self.h, self.w, 3), dtype=np.uint8),
+                rng.integers(0, 19, (self.h, self.w)).astype(np.uint8))
+
+
 def time_eval(cfg, device, n_images: int) -> dict:
     """Evaluation throughput (whole-image inference + confusion matrix) over ``n_images`` random images
     of twice the crop size. Acquisition vs inference is measured by ``bench_acquire.py``."""
-    import numpy as np
-
     from balda.engine.evaluation import evaluate
     from balda.models import build_model
 
     h, w = cfg.data.crop[0] * 2, cfg.data.crop[1] * 2
-
-    class Fake:
-        names = [f"c_000000_{i:06d}" for i in range(n_images)]
-
-        def __len__(self):
-            return n_images
-
-        def load(self, i):
-            rng = np.random.default_rng(i)
-            return rng.integers(0, 255, (h, w, 3), dtype=np.uint8), rng.integers(0, 19, (h, w)).astype(np.uint8)
-
+    ds = RandomTarget(n_images, h, w)
     model = build_model(replace(cfg.model, pretrained=None)).to(device).eval()
-    ds = Fake()
     evaluate(model, ds, replace(cfg.eval, max_images=2), cfg.data.mean, cfg.data.std, device=device, progress=False)
     _sync(device)
     t = time.perf_counter()
