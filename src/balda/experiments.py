@@ -51,6 +51,9 @@ CATALOG: dict[str, tuple[str, tuple[str, ...]]] = {
     # source-only model (model.init) against its control, source-only continued for as long
     "self_training@pixel": ("streets/self_training", ("method.self_training.pseudo_weight=pixel",)),
     "self_training@warm": ("streets/self_training", ()),
+    # DAFormer's rare class sampling on the source (min_pixels scaled from 1280x720 to 128x256)
+    "self_training+rcs": ("streets/self_training", ("data.rcs.enabled=true", "data.rcs.min_pixels=100")),
+    "source_only+rcs": ("streets/source_only", ("data.rcs.enabled=true", "data.rcs.min_pixels=100")),
     "source_only@warm": ("streets/source_only", ()),
     "cpsl": ("streets/cpsl", ()),
     "cpsl+gbw": ("streets/cpsl", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
