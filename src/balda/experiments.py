@@ -59,6 +59,11 @@ CATALOG: dict[str, tuple[str, tuple[str, ...]]] = {
     "cpsl+gbw": ("streets/cpsl", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
     **{f"{sel}@{b}%": (f"streets/active_{sel}", (f"active.budget={b / 100}",))
        for b in (2, 5, 10) for sel in ("ripu", "cbda")},
+    # CBDA's two parts alone (the paper's ablation): class-balanced scores with RIPU's per-image
+    # budget, and the dynamic global selection with RIPU's unweighted scores
+    **{f"cbda_{part}@{b}%": ("streets/active_cbda", (f"active.budget={b / 100}", off))
+       for b in (2, 5, 10) for part, off in (("balance", "active.cbda.dynamic=false"),
+                                            ("dynamic", "active.cbda.class_balance=false"))},
 }
 
 #: Methods that start from another method's finished run of the same seed: CPSL from its AdvEnt
