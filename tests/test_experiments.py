@@ -71,3 +71,15 @@ def test_readme_section_is_replaced_between_markers(tmp_path):
     text = readme.read_text()
     assert "old" not in text and "| a | 1.0 |" in text and "`abc123`" in text and text.endswith("tail\n")
     assert "(2 runs)" in text and "balda bench --seeds 3" in text
+
+
+def test_every_catalogue_method_is_a_valid_config(tmp_path):
+    """Each catalogue entry (shipped config + overrides) loads: no unknown key, type or choice."""
+    from balda.experiments import CATALOG, cell_config
+
+    for method in CATALOG:
+        cfg = cell_config(Cell(method, 1), tmp_path / "data", tmp_path / "out")
+        assert cfg.train.seed == 1 and cfg.name == Cell(method, 1).name, method
+    cfg = cell_config(Cell("cbda_dynamic@2%", 0), tmp_path / "data", tmp_path / "out")
+    assert cfg.active.selection == "cbda" and not cfg.active.cbda.class_balance and cfg.active.cbda.dynamic
+    assert cfg.active.budget == 0.02
