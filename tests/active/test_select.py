@@ -106,3 +106,16 @@ def test_window_max_matches_reference(radius):
     ys_ref, xs_ref = greedy_select_sequential(s, radius, None)
     np.testing.assert_array_equal(ys.numpy(), ys_ref)
     np.testing.assert_array_equal(xs.numpy(), xs_ref)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_rank_prefix_cut_inside_ties_is_exact(levels):
+    """Maps with few distinct scores, large enough that the rank prefix (n (2s+1)^2 candidates) is
+    cut inside a run of ties: still the sequential greedy's picks (ties by flat index)."""
+    rng = np.random.default_rng(levels)
+    for r, n in [(1, 4), (2, 7), (0, 30)]:
+        s = rng.integers(0, levels, (48, 64)).astype(np.float32)
+        ys, xs = greedy_select_parallel(torch.from_numpy(s), r, n)
+        ys_ref, xs_ref = greedy_select_sequential(s, r, n)
+        np.testing.assert_array_equal(ys.numpy(), ys_ref)
+        np.testing.assert_array_equal(xs.numpy(), xs_ref)

@@ -118,11 +118,17 @@ def greedy_select_parallel(
     if n is not None:
         # Rank prefix: the greedy picks among the T best candidates are its first picks, and T
         # candidates hold at least T / (2s+1)^2 picks (each pick removes at most (2s+1)^2 of them).
+        # The prefix is cut exactly at T in the greedy's total order (score descending, then flat
+        # index): all candidates above the T-th best score, then the lowest-index ones tied with it.
+        # (Keeping every tie would make a constant map, e.g. a random-init model's, all candidates.)
         T = n * (2 * radius_suppress + 1) ** 2
         if T < N and T < int(cand.sum()):
             vals = torch.where(cand, flat, torch.full_like(flat, float("-inf")))
             thr = torch.topk(vals, T, sorted=False).values.min()
-            cand = cand & (flat >= thr)  # all scores >= the T-th best: a prefix of the ranking
+            above = cand & (flat > thr)
+            tied = torch.nonzero(cand & (flat == thr), as_tuple=False).squeeze(1)  # ascending index
+            cand = above.clone()
+            cand[tied[: T - int(above.sum())]] = True
     idx = torch.nonzero(cand, as_tuple=False).squeeze(1)  # ascending flat index
     C = idx.numel()
     if C == 0:
