@@ -40,7 +40,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run_all import RandomTarget, _commit, _sync, write_section  # noqa: E402
+from run_all import RandomTarget, _commit, _sync, time_inference, write_section  # noqa: E402
 
 MODELS = {
     "small": None,  # the embedded benchmark's model (configs/streets/_base.yaml)
@@ -72,15 +72,8 @@ def target_images(cfg, data: Path, n: int, size) -> tuple[object, str]:
 def time_model(cfg, model, ds, device, prior_images: int) -> dict:
     from balda.active.acquire import acquire_round
     from balda.active.annotator import LabelStore, OracleAnnotator
-    from balda.engine.evaluation import evaluate
 
-    evaluate(model, ds, replace(cfg.eval, max_images=2), cfg.data.mean, cfg.data.std, device=device, progress=False)
-    _sync(device)
-    t = time.perf_counter()
-    evaluate(model, ds, replace(cfg.eval, max_images=None), cfg.data.mean, cfg.data.std, device=device,
-             progress=False)
-    _sync(device)
-    t_inf = time.perf_counter() - t
+    t_inf = time_inference(model, ds, cfg, device)
     out = {"images": len(ds), "inference_s": t_inf, "images_per_s": len(ds) / t_inf, "rounds": {}}
     for sel in ("ripu", "cbda"):
         acfg = replace(cfg.active, enabled=True, selection=sel, mode="region", budget=0.05, rounds=[0.3, 0.5])

@@ -196,21 +196,29 @@ class RandomTarget:
                 rng.integers(0, 19, (self.h, self.w)).astype(np.uint8))
 
 
+def time_inference(model, ds, cfg, device) -> float:
+    """Seconds of one evaluation pass over all of ``ds`` (inference at label resolution + confusion
+    matrix), after a 2-image warm-up: the "plain inference pass" the benchmarks compare with."""
+    from balda.engine.evaluation import evaluate
+
+    evaluate(model, ds, replace(cfg.eval, max_images=2), cfg.data.mean, cfg.data.std, device=device, progress=False)
+    _sync(device)
+    t = time.perf_counter()
+    evaluate(model, ds, replace(cfg.eval, max_images=None), cfg.data.mean, cfg.data.std, device=device,
+             progress=False)
+    _sync(device)
+    return time.perf_counter() - t
+
+
 def time_eval(cfg, device, n_images: int) -> dict:
     """Evaluation throughput (whole-image inference + confusion matrix) over ``n_images`` random images
     of twice the crop size. Acquisition vs inference is measured by ``bench_acquire.py``."""
-    from balda.engine.evaluation import evaluate
     from balda.models import build_model
 
     h, w = cfg.data.crop[0] * 2, cfg.data.crop[1] * 2
     ds = RandomTarget(n_images, h, w)
     model = build_model(replace(cfg.model, pretrained=None)).to(device).eval()
-    evaluate(model, ds, replace(cfg.eval, max_images=2), cfg.data.mean, cfg.data.std, device=device, progress=False)
-    _sync(device)
-    t = time.perf_counter()
-    evaluate(model, ds, cfg.eval, cfg.data.mean, cfg.data.std, device=device, progress=False)
-    _sync(device)
-    t_eval = time.perf_counter() - t
+    t_eval = time_inference(model, ds, cfg, device)
     return {"eval_images_per_s": n_images / t_eval, "eval_image_hw": [h, w]}
 
 

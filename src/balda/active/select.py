@@ -125,10 +125,9 @@ def greedy_select_parallel(
         if T < N and T < int(cand.sum()):
             vals = torch.where(cand, flat, torch.full_like(flat, float("-inf")))
             thr = torch.topk(vals, T, sorted=False).values.min()
-            above = cand & (flat > thr)
             tied = torch.nonzero(cand & (flat == thr), as_tuple=False).squeeze(1)  # ascending index
-            cand = above.clone()
-            cand[tied[: T - int(above.sum())]] = True
+            cand = cand & (flat > thr)
+            cand[tied[: T - int(cand.sum())]] = True
     idx = torch.nonzero(cand, as_tuple=False).squeeze(1)  # ascending flat index
     C = idx.numel()
     if C == 0:

@@ -108,6 +108,10 @@ class RunLogger:
                 self._sums[k], self._counts[k] = t.clone(), n.clone()
         self._count += 1
 
+    def _names(self, n: int):
+        """Names of the entries of a logged vector: the class names for a per-class vector, else indices."""
+        return self.class_names if n == len(self.class_names) else [str(i) for i in range(n)]
+
     def flush(self, step: int, extra: Optional[dict[str, float]] = None) -> dict[str, float]:
         """Average what was accumulated since the last flush (one host sync) and write it."""
         rec: dict[str, float] = {}
@@ -117,8 +121,7 @@ class RunLogger:
             if v.numel() == 1:
                 rec[k] = float(v)
             else:
-                names = self.class_names if v.numel() == len(self.class_names) else [str(i) for i in range(v.numel())]
-                for name, x in zip(names, v.tolist()):
+                for name, x in zip(self._names(v.numel()), v.tolist()):
                     rec[f"{k}/{name}"] = float(x)
         now = time.time()
         if self._count:
@@ -129,8 +132,7 @@ class RunLogger:
         if self._tb is not None:
             for k, points in self._per_step.items():
                 vals = torch.stack([t.reshape(-1) for _, t in points]).cpu()
-                names = self.class_names if vals.shape[1] == len(self.class_names) else \
-                    [str(i) for i in range(vals.shape[1])]
+                names = self._names(vals.shape[1])
                 for (s_, _), row in zip(points, vals.tolist()):
                     for name, x in zip(names, row):
                         if math.isfinite(x):

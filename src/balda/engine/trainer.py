@@ -86,8 +86,9 @@ class Trainer:
         self.progress = cfg.train.progress if progress is None else progress
         seed_everything(cfg.train.seed)
 
+        resume_from = self._resume_path(resume)
         self.model = build_model(cfg.model)
-        if cfg.model.init and not self._resumes(resume):
+        if cfg.model.init and resume_from is None:  # a resumed run loads its own weights
             from balda.models.weights import load_segmentor
 
             load_segmentor(self.model, cfg.model.init)
@@ -132,21 +133,24 @@ class Trainer:
             if self.is_main:  # orphans of a run killed while writing a checkpoint
                 for tmp in self.run_dir.glob(".*.pt.*.tmp"):
                     tmp.unlink(missing_ok=True)
-            path = Path(resume) if isinstance(resume, (str, Path)) and not isinstance(resume, bool) \
-                else self.run_dir / "last.pt"
-            if path.exists():
-                self.load(path)
-            elif isinstance(resume, (str, Path)) and not isinstance(resume, bool):
-                raise CheckpointError(f"--resume: checkpoint not found: {path}")
+            if resume_from is not None:
+                self.load(resume_from)
         if self.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
 
     # ----------------------------------------------------------------------------------- setup
-    def _resumes(self, resume: bool | str) -> bool:
-        """Whether construction will load a checkpoint (then ``model.init`` is not needed)."""
+    def _resume_path(self, resume: bool | str | Path) -> Optional[Path]:
+        """The checkpoint construction resumes from: ``last.pt`` of the run for ``resume=True`` (None
+        when there is none yet: a fresh start), the given path otherwise (which must exist)."""
+        if not resume:
+            return None
         if isinstance(resume, bool):
-            return resume and (self.run_dir / "last.pt").exists()
-        return bool(resume)
+            path = self.run_dir / "last.pt"
+            return path if path.exists() else None
+        path = Path(resume)
+        if not path.exists():
+            raise CheckpointError(f"--resume: checkpoint not found: {path}")
+        return path
 
     def _imnet_model(self, path: str):
         from balda.models import build_model

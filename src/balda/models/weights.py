@@ -63,10 +63,16 @@ def _read_state_dict(path: Path, full_checkpoint: bool = False) -> Mapping[str, 
     return obj
 
 
-def _strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _strip_module(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the ``module.`` prefix that DataParallel / DDP put on every key."""
     sd = dict(state_dict)
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    sd = _strip_module(state_dict)
     if any(k.startswith("backbone.") for k in sd):
         sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
     return sd
@@ -124,9 +130,7 @@ def load_segmentor(model: nn.Module, path: str | os.PathLike) -> int:
     :class:`WeightsError` naming the file.
     """
     path = Path(path)
-    sd = dict(_read_state_dict(path, full_checkpoint=True))
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+    sd = _strip_module(_read_state_dict(path, full_checkpoint=True))
     own = model.state_dict()
     diff = diff_state_dict(own, sd)
     if diff:
