@@ -73,6 +73,19 @@ def test_readme_section_is_replaced_between_markers(tmp_path):
     assert "(2 runs)" in text and "balda bench --seeds 3" in text
 
 
+def test_active_cells_report_the_labelled_set_balance(tiny_streets, tmp_path):
+    """Active cells add the KL-to-uniform / rarest-class-share table of the last round's labelled set."""
+    extra = ["train.iters=4", "train.log_every=1", "model.width=8", "data.crop=[32, 64]", "data.batch_source=2",
+             "data.batch_target=2", "train.tensorboard=false", "active.rounds=[0.5]"]
+    out = tmp_path / "grid"
+    s = run_grid(["ripu@10%"], [0], tiny_streets, out, progress=False, extra=extra)
+    kl = s["table"]["ripu@10%"]["labelled_kl"][0]
+    active = [json.loads(line) for line in (out / "ripu_10%_s0" / "metrics.jsonl").read_text().splitlines()
+              if '"active"' in line]
+    assert abs(kl - active[-1]["active/kl_uniform"]) < 1e-12
+    assert "| ripu@10% |" in (out / "summary.md").read_text().split("Labelled target set")[1]
+
+
 def test_every_catalogue_method_is_a_valid_config(tmp_path):
     """Each catalogue entry (shipped config + overrides) loads: no unknown key, type or choice."""
     from balda.experiments import CATALOG, cell_config

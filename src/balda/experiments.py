@@ -198,11 +198,15 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
     table = {}
     curves: dict[str, tuple[list, list]] = {}
     for method, ms in rows.items():
-        gh_conf, gh_angle = [], []
+        gh_conf, gh_angle, kl, min_share = [], [], [], []
         loss_by_step: dict[int, list[float]] = {}
         for s in seeds:
             from balda.engine.logger import read_metrics
 
+            active = read_metrics(out / Cell(method, s).name, "active")
+            if active and active[-1].get("active/kl_uniform") is not None:  # labelled set after the last round
+                kl.append(float(active[-1]["active/kl_uniform"]))
+                min_share.append(100 * float(active[-1]["active/min_class_share"]))
             recs = read_metrics(out / Cell(method, s).name, "train")
             conf = [r["gh/conflict"] for r in recs if r.get("gh/conflict") is not None]
             ang = [r["gh/angle"] for r in recs if r.get("gh/angle") is not None]
@@ -224,6 +228,9 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
         if gh_conf:
             table[method]["gh_conflict"] = (float(np.mean(gh_conf)), float(np.std(gh_conf)))
             table[method]["gh_angle"] = (float(np.mean(gh_angle)), float(np.std(gh_angle)))
+        if kl:
+            table[method]["labelled_kl"] = (float(np.mean(kl)), float(np.std(kl)))
+            table[method]["labelled_min_share"] = (float(np.mean(min_share)), float(np.std(min_share)))
     names = [CLASS_NAMES[c] for c in rare]
     lines = [f"Rarest target classes (val ground truth): {', '.join(names)}.", "",
              "| method | seeds | mIoU | min-class IoU | rare recall |", "|---|---|---|---|---|"]
@@ -239,6 +246,14 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
         for method, t in gh_rows.items():
             lines.append(f"| {method} | {t['gh_conflict'][0]:.1f} ± {t['gh_conflict'][1]:.1f} | "
                          f"{t['gh_angle'][0]:.1f} ± {t['gh_angle'][1]:.1f} |")
+    al_rows = {k: t for k, t in table.items() if "labelled_kl" in t}
+    if al_rows:
+        lines += ["", "Labelled target set after the last acquisition round (active runs; mean over seeds): KL "
+                      "divergence of its class histogram to uniform (lower = more balanced) and the share of its "
+                      "rarest class:", "", "| method | KL to uniform | rarest-class share (%) |", "|---|---|---|"]
+        for method, t in al_rows.items():
+            lines.append(f"| {method} | {t['labelled_kl'][0]:.3f} ± {t['labelled_kl'][1]:.3f} | "
+                         f"{t['labelled_min_share'][0]:.2f} ± {t['labelled_min_share'][1]:.2f} |")
     lines += ["", "Per-class IoU (mean over seeds):", "",
               "| method | " + " | ".join(CLASS_NAMES) + " |", "|---" * (len(CLASS_NAMES) + 1) + "|"]
     for method, t in table.items():
@@ -251,7 +266,7 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
         w.writerows(runs)
     (out / "summary.json").write_text(json.dumps(
         {"rare_classes": names, "methods": {k: {**{m: list(v) for m, v in t.items() if m in (
-            "miou", "min_iou", "rare_recall", "gh_conflict", "gh_angle")},
+            "miou", "min_iou", "rare_recall", "gh_conflict", "gh_angle", "labelled_kl", "labelled_min_share")},
                                                 "n": t["n"], "iou": [None if np.isnan(x) else x for x in t["iou"]]}
                                             for k, t in table.items()}, "runs": runs}, indent=1))
     try:
