@@ -24,6 +24,8 @@ def test_tiny_grid_end_to_end_and_resumable(tiny_streets, tmp_path):
     assert (out / Cell("self_training+gbw", 0).name / "plots" / "class_weights_source.png").is_file()
     cfg = (out / Cell("self_training+gbw", 1).name / "config.yaml").read_text()
     assert "class_weights: gbw" in cfg and "seed: 1" in cfg
+    # the tiny benchmark (generated with other parameters than the default) was used, not replaced
+    assert len(list((tiny_streets / "source" / "images").glob("*.png"))) == 8
     stamp = (out / Cell("source_only", 0).name / "final_metrics.json").stat().st_mtime_ns
     run_grid(["source_only"], [0], tiny_streets, out, progress=False, extra=extra)
     assert (out / Cell("source_only", 0).name / "final_metrics.json").stat().st_mtime_ns == stamp

@@ -155,9 +155,15 @@ def run_cell(cell: Cell, data: Path, out: Path, quick: bool = False, extra: Iter
 
 
 def ensure_benchmark(data: Path, progress: bool = True) -> None:
-    from balda.data.streets import generate_streets, streets_exists
+    """Generate the default street benchmark in ``data`` unless a complete one is there already. A
+    complete benchmark generated with other parameters (``balda generate streets --size ...``) is
+    used as it is, never regenerated over."""
+    from balda.data.streets import generate_streets, load_streets_meta, streets_exists
 
-    if streets_exists(data):
+    meta = load_streets_meta(data)
+    if meta is not None and meta.get("complete"):
+        if not streets_exists(data):
+            log.info("using the street benchmark in %s as it is (parameters %s)", data, meta.get("params"))
         return
     log.info("generating the street benchmark in %s", data)
     generate_streets(data, progress=progress)
