@@ -174,3 +174,7 @@ def test_load_segmentor_reads_a_run_checkpoint_or_a_state_dict(tmp_path):
         load_segmentor(SmallSegNet(width=16), ckpt)
     with pytest.raises(WeightsError, match="model.init weights file not found: .*nope.pt"):
         load_segmentor(SmallSegNet(width=8), tmp_path / "nope.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot read model.init weights .*garbage.pt"):
+        load_segmentor(SmallSegNet(width=8), garbage)

@@ -40,14 +40,15 @@ def _read_state_dict(path: Path, full_checkpoint: bool = False) -> Mapping[str, 
     """The state dict in ``path``. ``full_checkpoint``: the file may be a balda training checkpoint,
     which also pickles optimiser / RNG state and so needs ``weights_only=False`` (the same trust as
     ``--resume``: only for files the user produced)."""
+    what = "model.init weights" if full_checkpoint else "pretrained weights"
     if not path.is_file():
-        raise WeightsError(f"{'model.init' if full_checkpoint else 'pretrained'} weights file not found: {path}")
+        raise WeightsError(f"{what} file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not full_checkpoint)
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle means an unusable file
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(
-            f"cannot read pretrained weights {path}: {type(exc).__name__}: {msg} "
+            f"cannot read {what} {path}: {type(exc).__name__}: {msg} "
             "(expected a torch.save'd state dict of tensors)"
         ) from exc
     if isinstance(obj, Mapping):
@@ -56,10 +57,10 @@ def _read_state_dict(path: Path, full_checkpoint: bool = False) -> Mapping[str, 
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not obj:
-        raise WeightsError(f"pretrained weights {path} hold no state dict (got {type(obj).__name__})")
+        raise WeightsError(f"{what} {path} hold no state dict (got {type(obj).__name__})")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise WeightsError(f"pretrained weights {path} are not a state dict of tensors (e.g. key {bad[0]!r})")
+        raise WeightsError(f"{what} {path} are not a state dict of tensors (e.g. key {bad[0]!r})")
     return obj
 
 
