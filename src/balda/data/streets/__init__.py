@@ -1,0 +1,57 @@
+"""``streets``: a procedural two-domain street-scene benchmark that runs on a laptop.
+
+Real GTA5 / SYNTHIA / Cityscapes data cannot be shipped, yet every domain-adaptation method of the
+library must be demonstrable in minutes on a CPU. This module draws driving scenes with per-pixel
+labels in the canonical 19 Cityscapes trainIds and writes them in the *real* on-disk formats, so the
+normal GTA5 and Cityscapes loaders read them unchanged:
+
+* **source** (GTA5 format): ``source/images/NNNNN.png`` (RGB) and ``source/labels/NNNNN.png``
+  (palette PNG whose values are Cityscapes labelIds, unlabelled = 0);
+* **target** (Cityscapes format): ``target/leftImg8bit/{train,val}/<city>/<stem>_leftImg8bit.png``
+  and ``target/gtFine/{train,val}/<city>/<stem>_gtFine_labelIds.png`` (8-bit labelIds).
+
+What a scene contains and why
+-----------------------------
+A pin-hole camera looks down a straight street (horizon row, vanishing point, ground plane), so the
+layout has the statistics of a driving scene: a road trapezoid with lane markings, kerbs and
+sidewalks, optional grass verges (terrain), two facade planes of buildings with perspective-correct
+windows, vegetation blocks and street trees, low walls and fences in front of some blocks, a distant
+skyline and sky, poles with traffic signs and traffic lights, parked and moving cars, trucks, buses, a
+tram on rails, pedestrians, riders on bicycles / motorcycles (rider = class 12 on a vehicle of class
+17/18), parked bicycles, plus a few "static" objects (bins, bollards) and, in the target, the ego
+vehicle's bonnet that are *unlabelled* (255 / labelId 0) as in the real data. Objects are 3-D boxes
+or sprites on vertical planes, projected exactly and painted far-to-near, so nearby objects are big
+and occlude, and far ones are tiny. The 'cityscapes' class priors give long-tailed frequencies close
+to Cityscapes train (road ~37 %, building ~23 %, vegetation ~16 %, car ~7 %, rare classes 0.1-0.9 %);
+truck, bus and train appear in a minority of images.
+
+The domain gap
+--------------
+Each class has a characteristic colour/texture/shape *within* a domain (a small CNN learns it from
+local appearance and context), but the mapping differs between domains:
+
+* appearance: a sunny, saturated, sharp, noise-free source against an overcast, desaturated,
+  colour-cast, blurred, noisy, vignetted target with a different camera (focal length, height);
+  different per-class palettes and textures (e.g. tiled vs plain sidewalk, fine vs blotchy
+  foliage, siding vs smooth facades); different object proportions (boxier cars, slimmer people);
+* the *rare* classes shift most: traffic-light housings change from yellow to dark grey, sign
+  colours change, truck and bus colours are swapped in hue (source trucks look like target
+  buses), bicycles, motorcycles, riders and trams get new colours;
+* label shift: the source has more cars and trucks, the target more pedestrians and bicycles.
+
+``shift`` in [0, 1] linearly interpolates every source parameter (appearance *and* priors) from the
+target's (0: identical distributions) to the full source style (1, default); values > 1 extrapolate.
+
+Entry points: :func:`render_scene` (one image), :func:`generate_streets` (the folder, with
+``meta.json`` and sample pages) and :func:`streets_exists` (is a folder complete for these params).
+Every image gets its own seed derived from ``(seed, domain, index)``, so the output is byte-identical
+whatever the number of worker processes.
+"""
+from __future__ import annotations
+
+from .render import image_rng, render_scene
+from .style import PROFILES, domain_priors, domain_style
+from .writer import GENERATOR, GENERATOR_VERSION, TARGET_CITIES, generate_streets, load_streets_meta, streets_exists
+
+__all__ = ["generate_streets", "streets_exists", "render_scene", "image_rng", "domain_style",
+           "domain_priors", "PROFILES", "TARGET_CITIES", "GENERATOR", "GENERATOR_VERSION", "load_streets_meta"]
