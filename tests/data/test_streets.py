@@ -240,3 +240,46 @@ def test_refuses_foreign_folder(tmp_path):
     with pytest.raises(FileExistsError):
         generate_streets(tmp_path, progress=False, workers=1, size=(32, 64), n_source=1, n_target_train=1,
                          n_target_val=1)
+
+
+# ------------------------------------------------------------------------------ v2: nuisance gap
+IDENTITY_KEYS = ("light", "sign", "truck", "bus", "train", "motorcycle", "bicycle", "rider")
+
+
+def test_default_gap_keeps_class_identity_palettes():
+    # the default (nuisance) gap never recolours a class like another one of the other domain ...
+    src, tgt = domain_style("source", 1.0), domain_style("target")
+    for key in IDENTITY_KEYS:
+        for leaf in tgt[key]:
+            assert np.array_equal(src[key][leaf], tgt[key][leaf]), (key, leaf)
+    # ... while sensor, camera, textures, illumination and proportions shift fully
+    assert src["sensor"]["sun"] > 0.9 > 0.2 > tgt["sensor"]["sun"]
+    assert not np.array_equal(src["camera"]["f"], tgt["camera"]["f"])
+    assert not np.array_equal(src["texture_table"], tgt["texture_table"])
+    # the opt-in hard profile adds the class-swapping palettes (source trucks like target buses)
+    hard = domain_style("source", 1.0, profile="hard")
+    assert not np.array_equal(hard["truck"]["cargo"], tgt["truck"]["cargo"])
+    assert not np.array_equal(hard["light"]["box"], tgt["light"]["box"])
+    assert domain_priors("source", 1.0, "hard") == domain_priors("source", 1.0, "cityscapes")
+
+
+def test_colours_vary_from_image_to_image():
+    st = domain_style("target")
+    a = streets.style.vary_style(st, np.random.default_rng(0))
+    b = streets.style.vary_style(st, np.random.default_rng(1))
+    again = streets.style.vary_style(st, np.random.default_rng(0))
+    assert np.array_equal(a["road"]["base"], again["road"]["base"])
+    assert not np.array_equal(a["road"]["base"], b["road"]["base"])
+    assert not np.array_equal(a["texture_table"], b["texture_table"])
+    assert np.array_equal(a["light"]["lamps"], st["light"]["lamps"])          # signal colours stay
+    assert np.array_equal(a["person"]["height"], st["person"]["height"])      # non-colour leaves stay
+    # the variation is wide: over 200 images the road colour spans tens of grey levels
+    roads = np.stack([streets.style.vary_style(st, np.random.default_rng(i))["road"]["base"] for i in range(200)])
+    assert (roads.max(0) - roads.min(0)).min() > 40
+
+
+def test_generator_version_is_2_and_profiles():
+    assert streets.GENERATOR_VERSION == 2
+    assert set(streets.PROFILES) == {"cityscapes", "balanced", "hard"}
+    img, lab = render_scene(np.random.default_rng(0), "source", (48, 96), profile="hard")
+    assert img.shape == (48, 96, 3)

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -110,11 +111,14 @@ def test_kernel_size_as_dacs():
     assert _odd_kernel_size(512) == 51 and _odd_kernel_size(32) == 3
 
 
-def test_gaussian_blur_matches_explicit_2d_convolution():
+@pytest.mark.parametrize("reference", [None, 512, 20])
+def test_gaussian_blur_matches_explicit_2d_convolution(reference):
     x = _images(B=3, H=40, W=30)
-    y = gaussian_blur(x, step_generator(5, 2), p=1.0)
+    y = gaussian_blur(x, step_generator(5, 2), p=1.0, reference=reference)
     u = torch.rand(3, 2, generator=step_generator(5, 2))
-    sigma = 0.15 + 1.0 * u[:, 1]
+    # sigma ~ U[0.15, 1.15] scaled by sqrt(HW) / reference (DACS's range at 512 x 512 crops)
+    s = 1.0 if reference is None else math.sqrt(40 * 30) / reference
+    sigma = (0.15 + 1.0 * u[:, 1]) * s
     kh, kw = 3, 3
     for b in range(3):
         r = torch.arange(3.) - 1
@@ -123,13 +127,23 @@ def test_gaussian_blur_matches_explicit_2d_convolution():
         k2 = (k1[:, None] * k1[None, :]).expand(3, 1, kh, kw)
         ref = F.conv2d(F.pad(x[b:b + 1], (1, 1, 1, 1), mode="reflect"), k2, groups=3)
         assert torch.allclose(y[b:b + 1], ref, atol=1e-5)
-    assert (sigma >= 0.15).all() and (sigma <= 1.15).all()
+    assert (sigma >= 0.15 * s).all() and (sigma <= 1.15 * s).all()
+
+
+def test_gaussian_blur_is_sized_to_the_crop():
+    # the same draw blurs a 64 x 128 crop with 1/sqrt(512^2 / (64 * 128)) = 0.177 x DACS's sigma:
+    # a crop-sized blur leaves a small crop far sharper than the absolute DACS range would
+    x = _images(B=4, H=64, W=128)
+    g = lambda: step_generator(1, 3)  # noqa: E731
+    err_scaled = (gaussian_blur(x, g(), p=1.0) - x).abs().mean()
+    err_abs = (gaussian_blur(x, g(), p=1.0, reference=None) - x).abs().mean()
+    assert err_scaled < 0.5 * err_abs
 
 
 def test_gaussian_blur_probability_and_constants():
     x = _images(B=32, H=32, W=32)
     assert torch.equal(gaussian_blur(x, step_generator(0, 0), p=0.0), x)
-    y = gaussian_blur(x, step_generator(0, 0), p=0.5)
+    y = gaussian_blur(x, step_generator(0, 0), p=0.5, reference=None)
     same = (y == x).flatten(1).all(1)
     assert 0 < same.sum() < 32
     c = torch.full((2, 3, 20, 20), 0.7)

@@ -193,13 +193,17 @@ def _gauss_kernels(sigma: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def gaussian_blur(images: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5,
-                  sigma_range: tuple[float, float] = (0.15, 1.15)) -> torch.Tensor:
+                  sigma_range: tuple[float, float] = (0.15, 1.15), reference: int | None = 512) -> torch.Tensor:
     """Gaussian blur of each image with probability ``p`` (DACS: ``p = 0.5``).
 
-    Per image ``sigma ~ U[0.15, 1.15]``; the separable kernel has ``ceil(0.1 H)`` x ``ceil(0.1 W)``
-    taps made odd (as DACS), reflect padding. Blurring is linear with unit-sum kernels, so it is
-    applied directly to the normalised images (identical to blurring the 0..255 image and
-    renormalising). Images not selected are returned unchanged.
+    Per image ``sigma ~ U[0.15, 1.15] * s``; the separable kernel has ``ceil(0.1 H)`` x ``ceil(0.1 W)``
+    taps made odd (as DACS), reflect padding. ``s = sqrt(H W) / reference`` sizes the blur to the
+    crop: DACS/DAFormer draw sigma in [0.15, 1.15] pixels for 512 x 512 crops, and the same
+    absolute sigma on a 64 x 128 crop would blur ~5x more of the scene (a network-independent cost,
+    measured on the embedded benchmark); ``reference=None`` keeps the absolute range (``s = 1``).
+    Blurring is linear with unit-sum kernels, so it is applied directly to the normalised images
+    (identical to blurring the 0..255 image and renormalising). Images not selected are returned
+    unchanged.
     """
     B, C, H, W = images.shape
     kh, kw = _odd_kernel_size(H), _odd_kernel_size(W)
@@ -208,7 +212,8 @@ def gaussian_blur(images: torch.Tensor, generator: torch.Generator | None = None
     dev, dt = images.device, images.dtype
     u = batch_rand(B, 2, generator, dev)
     apply = u[:, 0] < p
-    lo, hi = sigma_range
+    scale = 1.0 if reference is None else math.sqrt(H * W) / float(reference)
+    lo, hi = sigma_range[0] * scale, sigma_range[1] * scale
     sigma = (lo + (hi - lo) * u[:, 1]).to(torch.float32)
     x = images.reshape(1, B * C, H, W)
     if kh > 1:

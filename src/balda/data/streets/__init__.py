@@ -25,22 +25,35 @@ and occlude, and far ones are tiny. The 'cityscapes' class priors give long-tail
 to Cityscapes train (road ~37 %, building ~23 %, vegetation ~16 %, car ~7 %, rare classes 0.1-0.9 %);
 truck, bus and train appear in a minority of images.
 
-The domain gap
---------------
-Each class has a characteristic colour/texture/shape *within* a domain (a small CNN learns it from
-local appearance and context), but the mapping differs between domains:
+Within-class variety
+--------------------
+A class's colours change from image to image (materials, paint, clothes): every image tints and
+scales each class's palette and rescales its textures (:func:`~balda.data.streets.style.vary_style`,
+the same amount in both domains), so colour alone does not identify a class within a domain and a
+network has to use shape and context (``benchmarks/colour_classifier.py`` measures what a
+per-pixel colour lookup reaches).
 
-* appearance: a sunny, saturated, sharp, noise-free source against an overcast, desaturated,
-  colour-cast, blurred, noisy, vignetted target with a different camera (focal length, height);
-  different per-class palettes and textures (e.g. tiled vs plain sidewalk, fine vs blotchy
-  foliage, siding vs smooth facades); different object proportions (boxier cars, slimmer people);
-* the *rare* classes shift most: traffic-light housings change from yellow to dark grey, sign
-  colours change, truck and bus colours are swapped in hue (source trucks look like target
-  buses), bicycles, motorcycles, riders and trams get new colours;
+The domain gap (generator version 2)
+------------------------------------
+The default profiles (``cityscapes``, ``balanced``) have the *nuisance* gap of synthetic-to-real
+data, which unsupervised adaptation can bridge:
+
+* sensor and tone: a saturated, contrasty, sharp, noise-free source against a desaturated,
+  colour-cast, blurred, noisy, vignetted target;
+* illumination: a low sun in the source (lit left facades, shaded right facades, a cast shadow over
+  the right sidewalk and road) against overcast light in the target;
+* camera (focal length, height, horizon), textures (tiled vs plain sidewalk, fine vs blotchy
+  foliage, siding vs smooth facades), object proportions (boxier cars, slimmer people) and, half-way,
+  materials (the palettes of stuff classes, clothing, car paint);
 * label shift: the source has more cars and trucks, the target more pedestrians and bicycles.
 
+The ``hard`` profile adds what version 1 had by default: palettes that make a class look like
+another one of the other domain (traffic-light housings from yellow to dark grey, sign colours,
+source trucks coloured like target buses, new colours for trams, two-wheelers and riders), a
+shift no unsupervised method can bridge from appearance alone.
+
 ``shift`` in [0, 1] linearly interpolates every source parameter (appearance *and* priors) from the
-target's (0: identical distributions) to the full source style (1, default); values > 1 extrapolate.
+target's (0: identical distributions) to the full source style (1); values > 1 extrapolate.
 
 Entry points: :func:`render_scene` (one image), :func:`generate_streets` (the folder, with
 ``meta.json`` and sample pages) and :func:`streets_exists` (is a folder complete for these params).

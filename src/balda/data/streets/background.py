@@ -171,6 +171,9 @@ def _background(cv: _Canvas, cam: _Cam, rng: np.random.Generator, st: dict, pr: 
     col[fence & lattice] = fcol
     col[fence & ~lattice] = col[fence & ~lattice] * 0.55 + fcol * 0.25
     cls[fence] = FENCE
+    # illumination: a low sun lights the left facades and leaves the right ones in shade
+    sun = float(st["sensor"]["sun"])
+    col *= np.where(pl, 1 + 0.15 * sun, 1 - 0.25 * sun).astype(np.float32)[:, None]
     img[P], lab[P] = col, cls
 
     # ---- ground (the ray meets the ground before a facade): road, markings, kerbs, sidewalks, verges
@@ -211,6 +214,9 @@ def _background(cv: _Canvas, cam: _Cam, rng: np.random.Generator, st: dict, pr: 
         col[grout] -= tiles
     col[swalk & ((np.abs(Xg + lay.RL) < 0.22) | (np.abs(Xg - lay.RR) < 0.22))] = st["sidewalk"]["curb"]
     cls[swalk] = SIDEWALK
+    # ... and the right-hand blocks cast a shadow band over their sidewalk and part of the road
+    shadow_edge = lay.RR + lay.SR - rng.uniform(2.0, 8.0)
+    col[Xg > shadow_edge] *= 1 - 0.45 * sun
     img[G], lab[G] = col, cls
 
 

@@ -113,11 +113,11 @@ class _Plane:
         cv.line(self.to_screen(uv), cls, colour, self.cam.px(width_m, self.z0), closed)
 
 
-def _pick(rng: np.random.Generator, colours: np.ndarray, jitter: float = 0.08) -> np.ndarray:
+def _pick(rng: np.random.Generator, colours: np.ndarray, jitter: float = 0.12) -> np.ndarray:
     """One colour of a palette, with a per-instance brightness and per-channel jitter."""
     c = np.asarray(colours, np.float32)
     c = c[rng.integers(len(c))] if c.ndim == 2 else c
-    return c * rng.uniform(1 - jitter, 1 + jitter) + rng.normal(0, 4, 3).astype(np.float32)
+    return c * rng.uniform(1 - jitter, 1 + jitter) + rng.normal(0, 8, 3).astype(np.float32)
 
 
 # ====================================================================================== noise fields

@@ -9,7 +9,7 @@ from balda.data.labels import IGNORE_INDEX, NUM_CLASSES
 from .background import _background, _make_layout
 from .geometry import _Cam, _Canvas, _fields, _grids
 from .objects import _place_objects
-from .style import _TEXTURE_FIELDS, domain_priors, domain_style
+from .style import _TEXTURE_FIELDS, domain_priors, domain_style, vary_style
 
 #: Domain codes used to derive per-image seeds.
 _DOMAIN_CODES = {"source": 0, "target_train": 1, "target_val": 2}
@@ -69,12 +69,13 @@ def render_scene(rng: np.random.Generator, domain: str, size: tuple[int, int] = 
     comes from ``rng``, so a fixed generator state gives identical arrays.
     """
     H, W = int(size[0]), int(size[1])
-    st = domain_style(domain, shift)
+    st = domain_style(domain, shift, profile)
     pr = domain_priors(domain, shift, profile)
     yy, xx = _grids(H, W)
     camst = st["camera"]
     cam = _Cam(H, W, f=float(camst["f"]) * W * rng.uniform(0.95, 1.05), h=float(camst["cam_h"]) * rng.uniform(0.95, 1.05),
                vx=W * (0.5 + rng.uniform(-1, 1) * float(camst["vx"])), yh=H * rng.uniform(*camst["horizon"]))
+    st = vary_style(st, rng)
     fields = _fields(rng, H, W, yy, xx)
     cv = _Canvas(H, W)
     lay = _make_layout(rng, pr)

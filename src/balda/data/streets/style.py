@@ -61,9 +61,11 @@ _TARGET_STYLE: dict[str, Any] = {
         "truck": [2, 0, 2, 0, 6], "bus": [2, 0, 2, 0, 0], "train": [2, 0, 2, 0, 0],
         "motorcycle": [3, 0, 0, 0, 0], "bicycle": [3, 0, 0, 0, 0], "unlabelled": [3, 0, 4, 0, 0]},
     "sensor": {"brightness": [0.86, 1.04], "cast": [0.93, 1.0, 1.0], "saturation": 0.72, "contrast": 0.9,
-               "gamma": 1.05, "blur": 0.75, "noise": 4.0, "vignette": 0.3},
+               "gamma": 1.05, "blur": 0.75, "noise": 4.0, "vignette": 0.3, "sun": 0.15},
     "shape": {"person_slim": 1.0, "car_box": 0.0, "tree_round": 1.0},
     "hood": 1.0,
+    # within-class variation from image to image, the same in both domains (see vary_style)
+    "variety": {"brightness": 0.25, "tint": 0.4, "texture": 0.5},
 }
 
 _SOURCE_STYLE: dict[str, Any] = {
@@ -106,21 +108,71 @@ _SOURCE_STYLE: dict[str, Any] = {
         "truck": [0, 0, 0, 6, 0], "bus": [0, 0, 0, 0, 0], "train": [0, 0, 0, 0, 0],
         "motorcycle": [0, 0, 0, 0, 0], "bicycle": [0, 0, 0, 0, 0], "unlabelled": [2, 0, 2, 0, 0]},
     "sensor": {"brightness": [0.82, 1.22], "cast": [1.07, 1.0, 0.88], "saturation": 1.22, "contrast": 1.12,
-               "gamma": 0.95, "blur": 0.0, "noise": 1.0, "vignette": 0.0},
+               "gamma": 0.95, "blur": 0.0, "noise": 1.0, "vignette": 0.0, "sun": 1.0},
     "shape": {"person_slim": 0.0, "car_box": 1.0, "tree_round": 0.0},
     "hood": 0.0,
+    "variety": {"brightness": 0.25, "tint": 0.4, "texture": 0.5},
 }
 
 #: How far each part of the source style departs from the target's at ``shift = 1`` (a fraction of the
-#: difference of the two tables). Common "stuff" classes and the sensor shift moderately, so a source
-#: model transfers imperfectly but usefully; the rare things (lights, signs, riders, two-wheelers,
-#: trucks, buses, trams) shift fully, so they suffer most from the gap.
-_GAP_WEIGHT: dict[str, float] = {
-    "camera": 1.0, "sky": 0.5, "road": 0.5, "sidewalk": 0.6, "terrain": 0.6, "building": 0.5, "wall": 0.8,
-    "fence": 0.8, "vegetation": 0.5, "pole": 0.8, "light": 1.0, "sign": 1.0, "person": 0.6, "rider": 1.0,
-    "car": 0.6, "truck": 1.0, "bus": 1.0, "train": 1.0, "motorcycle": 1.0, "bicycle": 1.0, "static": 1.0,
-    "texture": 0.7, "sensor": 0.5, "shape": 1.0, "hood": 1.0,
+#: difference of the two tables), per appearance gap.
+#:
+#: ``nuisance`` (the default profiles): the gap of synthetic-to-real data, which unsupervised methods
+#: can bridge: camera, sensor (tone, saturation, contrast, blur, noise, vignetting), illumination
+#: (sun and shadows against overcast light), textures and object proportions shift fully, materials
+#: (the stuff palettes, clothing, car paint) shift half-way, and the palettes that would make one
+#: class look like another in the other domain (traffic-light housings, sign colours, trucks vs
+#: buses, trams, two-wheelers, riders) do not shift at all.
+#:
+#: ``hard`` (the ``hard`` profile, the benchmark of generator version 1): those palettes shift fully
+#: too, so source trucks are coloured like target buses and light housings change colour - a shift
+#: no unsupervised method can bridge from appearance alone.
+_GAP_WEIGHTS: dict[str, dict[str, float]] = {
+    "nuisance": {
+        "camera": 1.0, "sky": 0.5, "road": 0.5, "sidewalk": 0.5, "terrain": 0.5, "building": 0.5, "wall": 0.5,
+        "fence": 0.5, "vegetation": 0.5, "pole": 0.5, "light": 0.0, "sign": 0.0, "person": 0.5, "rider": 0.0,
+        "car": 0.5, "truck": 0.0, "bus": 0.0, "train": 0.0, "motorcycle": 0.0, "bicycle": 0.0, "static": 0.5,
+        "texture": 1.0, "sensor": 1.0, "shape": 1.0, "hood": 1.0, "variety": 0.0,
+    },
+    "hard": {
+        "camera": 1.0, "sky": 0.5, "road": 0.5, "sidewalk": 0.6, "terrain": 0.6, "building": 0.5, "wall": 0.8,
+        "fence": 0.8, "vegetation": 0.5, "pole": 0.8, "light": 1.0, "sign": 1.0, "person": 0.6, "rider": 1.0,
+        "car": 0.6, "truck": 1.0, "bus": 1.0, "train": 1.0, "motorcycle": 1.0, "bicycle": 1.0, "static": 1.0,
+        "texture": 0.7, "sensor": 0.5, "shape": 1.0, "hood": 1.0, "variety": 0.0,
+    },
 }
+
+#: Style keys whose colour leaves (arrays with a last axis of 3, in 0..255) vary from image to image
+#: (:func:`vary_style`). Light lamps keep their signal colours.
+COLOUR_KEYS = ("sky", "road", "sidewalk", "terrain", "building", "wall", "fence", "vegetation", "pole", "light",
+               "sign", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle", "static")
+_FIXED_COLOURS = {("light", "lamps")}
+
+
+def vary_style(st: dict, rng: np.random.Generator) -> dict:
+    """The style of one image: every class's colours tinted and scaled, its textures rescaled.
+
+    For each key ``k`` of :data:`COLOUR_KEYS` one draw per image: brightness ``b ~ U[1-v_b, 1+v_b]``,
+    tint weight ``w ~ U[0, v_t]`` and a muted tint colour ``r = g + d`` (grey level ``g ~ U[40, 210]``,
+    chroma ``d ~ U[-50, 50]^3``); every colour ``c`` of ``k`` becomes ``(1 - w) b c + w r``. Each class's texture amplitudes are scaled by ``U[1-v_x, 1+v_x]``.
+    ``v_b, v_t, v_x`` = the style's ``variety`` (``brightness``, ``tint``, ``texture``), equal in both
+    domains. So a class's colour changes from image to image (as materials, paint and clothes do in
+    real cities) and colour alone no longer identifies a class within a domain: a network has to use
+    shape and context, which is what transfers across domains."""
+    var = st["variety"]
+    vb, vt, vx = float(var["brightness"]), float(var["tint"]), float(var["texture"])
+    out = dict(st)
+    for key in COLOUR_KEYS:
+        b = rng.uniform(1 - vb, 1 + vb)
+        w = rng.uniform(0, vt)
+        r = (rng.uniform(40, 210) + rng.uniform(-50, 50, 3)).astype(np.float32)
+        out[key] = {leaf: (v if (key, leaf) in _FIXED_COLOURS or v.shape[-1:] != (3,) or v.max() <= 2
+                           else ((1 - w) * b * v + w * r).astype(np.float32))
+                    for leaf, v in st[key].items()}
+    n = st["texture_table"].shape[0]
+    out["texture_table"] = (st["texture_table"] * rng.uniform(1 - vx, 1 + vx, (n, 1))).astype(np.float32)
+    return out
+
 
 # ============================================================================================ priors
 # Scene-composition parameters that set the class priors. ``source`` differs from ``target`` by the
@@ -128,12 +180,12 @@ _GAP_WEIGHT: dict[str, float] = {
 _PRIORS: dict[str, dict[str, dict[str, float]]] = {
     "cityscapes": {
         "target": {"parking": 0.55, "parked_gap": 4.0, "moving": 1.3, "truck": 0.08, "bus": 0.11, "train": 0.08,
-                   "persons": 4.5, "riders": 0.7, "moto_frac": 0.2, "parked_bikes": 1.3, "parked_motos": 0.06,
+                   "persons": 4.5, "riders": 1.0, "moto_frac": 0.35, "parked_bikes": 1.3, "parked_motos": 0.3,
                    "trees": 0.55, "tree_spacing": 11.0, "veg_block": 0.32, "poles": 1.0, "pole_spacing": 26.0,
                    "sign": 0.55, "light": 0.22, "overhead_light": 0.12, "wall": 0.11, "fence": 0.15,
                    "terrain": 0.6, "statics": 1.2, "crosswalk": 0.25},
         "source": {"parking": 0.7, "parked_gap": 2.4, "moving": 2.0, "truck": 0.22, "bus": 0.09, "train": 0.08,
-                   "persons": 3.0, "riders": 0.7, "moto_frac": 0.4, "parked_bikes": 0.4, "parked_motos": 0.12,
+                   "persons": 3.0, "riders": 0.7, "moto_frac": 0.45, "parked_bikes": 0.4, "parked_motos": 0.3,
                    "trees": 0.55, "tree_spacing": 11.0, "veg_block": 0.32, "poles": 1.0, "pole_spacing": 22.0,
                    "sign": 0.55, "light": 0.22, "overhead_light": 0.12, "wall": 0.11, "fence": 0.15,
                    "terrain": 0.6, "statics": 1.2, "crosswalk": 0.2},
@@ -153,15 +205,21 @@ _PRIORS: dict[str, dict[str, dict[str, float]]] = {
     },
 }
 _PROFILE_ALIASES = {"uniform-ish": "balanced", "uniform": "balanced"}
-#: Available class-prior profiles.
-PROFILES = tuple(_PRIORS)
+#: Profiles: name -> (class priors of :data:`_PRIORS`, appearance gap of :data:`_GAP_WEIGHTS`).
+_PROFILE_PARTS: dict[str, tuple[str, str]] = {
+    "cityscapes": ("cityscapes", "nuisance"),   # the default: Cityscapes-like long tail, nuisance gap
+    "balanced": ("balanced", "nuisance"),       # a lighter tail, for ablations
+    "hard": ("cityscapes", "hard"),             # class-swapping palettes on top (generator version 1)
+}
+#: Available profiles.
+PROFILES = tuple(_PROFILE_PARTS)
 
 
 def _canonical_profile(profile: str) -> str:
     p = _PROFILE_ALIASES.get(profile, profile)
-    if p not in _PRIORS:
+    if p not in _PROFILE_PARTS:
         raise ValueError(f"unknown streets profile {profile!r}; expected one of "
-                         f"{sorted(set(_PRIORS) | set(_PROFILE_ALIASES))}")
+                         f"{sorted(set(_PROFILE_PARTS) | set(_PROFILE_ALIASES))}")
     return p
 
 
@@ -178,16 +236,18 @@ def _check_domain(domain: str) -> str:
     return domain
 
 
-def domain_style(domain: str, shift: float = 1.0) -> dict:
+def domain_style(domain: str, shift: float = 1.0, profile: str = "cityscapes") -> dict:
     """Appearance parameters of a domain: the target's, or the source's interpolated by ``shift``
-    (times the per-part :data:`_GAP_WEIGHT`). Cached; the arrays are read-only."""
+    times the per-part weight of the profile's appearance gap (:data:`_GAP_WEIGHTS`). Cached; the
+    arrays are read-only. Each image then varies them (:func:`vary_style`)."""
     t = float(shift) if _check_domain(domain) == "source" else 0.0
-    return _style_cached(t)
+    return _style_cached(t, _PROFILE_PARTS[_canonical_profile(profile)][1] if t else "nuisance")
 
 
 @functools.lru_cache(maxsize=16)
-def _style_cached(t: float) -> dict:
-    st = {k: _lerp_tree(_TARGET_STYLE[k], _SOURCE_STYLE[k], t * _GAP_WEIGHT[k]) for k in _TARGET_STYLE}
+def _style_cached(t: float, gap: str) -> dict:
+    weights = _GAP_WEIGHTS[gap]
+    st = {k: _lerp_tree(_TARGET_STYLE[k], _SOURCE_STYLE[k], t * weights[k]) for k in _TARGET_STYLE}
     st["texture_table"] = np.stack([st["texture"][n] for n in (*CLASS_NAMES, "unlabelled")]).astype(np.float32)
 
     def freeze(x):
@@ -202,7 +262,7 @@ def _style_cached(t: float) -> dict:
 
 def domain_priors(domain: str, shift: float = 1.0, profile: str = "cityscapes") -> dict[str, float]:
     """Scene-composition parameters (class priors) of a domain under a profile."""
-    p = _PRIORS[_canonical_profile(profile)]
+    p = _PRIORS[_PROFILE_PARTS[_canonical_profile(profile)][0]]
     t = float(shift) if _check_domain(domain) == "source" else 0.0
     return {k: max(0.0, float(p["target"][k] + t * (p["source"][k] - p["target"][k]))) for k in p["target"]}
 

@@ -19,7 +19,7 @@ from .style import _canonical_profile
 
 GENERATOR = "balda.streets"
 #: Bumped whenever the rendering changes, so stale folders are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: Made-up city names of the target splits (Cityscapes keeps its val cities apart from train).
 TARGET_CITIES = {"train": ("lindenau", "oakport"), "val": ("rivermark",)}
 
