@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     p.add_argument("--markdown", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     args = p.parse_args(argv)
 
-    from balda.cli import resolve_config
+    from balda.config import resolve_config
     from balda.config import ModelConfig, load_config
     from balda.models import build_model
     from balda.models.weights import load_segmentor

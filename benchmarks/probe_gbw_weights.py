@@ -4,7 +4,7 @@ is present, next to its pixel share and its normalised statistic g_c^2 / mean g^
     python benchmarks/probe_gbw_weights.py results/streets/source_only_s0/final.pt [batches]
 """
 import sys, torch, numpy as np
-from balda.cli import resolve_config
+from balda.config import resolve_config
 from balda.config import load_config
 from balda.models import build_model
 from balda.models.weights import load_segmentor

@@ -136,7 +136,7 @@ def make_cpsl_prepared(cfg, device, tmp: Path) -> Path:
 
 
 def presets(name: str):
-    from balda.cli import resolve_config
+    from balda.config import resolve_config
     from balda.config import load_config
 
     if name == "streets":

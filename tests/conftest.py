@@ -33,7 +33,7 @@ def tiny_overrides(data: Path, out: Path, name: str = "run", iters: int = 4) -> 
 @pytest.fixture
 def tiny_config(tiny_streets, tmp_path):
     """``tiny_config(method_config, *overrides)`` -> Config of a seconds-long run on the tiny benchmark."""
-    from balda.cli import resolve_config
+    from balda.config import resolve_config
     from balda.config import load_config
 
     def make(config: str = "streets/source_only", *overrides: str, iters: int = 4, name: str = "run"):

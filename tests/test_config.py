@@ -49,7 +49,7 @@ def test_parse_overrides_nested():
 
 
 def test_every_shipped_config_loads():
-    from balda.cli import resolve_config, shipped_configs
+    from balda.config import resolve_config, shipped_configs
 
     names = shipped_configs()
     assert {"streets/source_only", "streets/oracle", "gta2cs/daformer_self_training"} <= set(names)

@@ -16,26 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from balda.config import ConfigError
-
-CONFIG_ROOT = Path(__file__).parent / "configs"
-
-
-def resolve_config(name: str) -> Path:
-    """A config path as given, or a config shipped in ``balda/configs`` (``.yaml`` optional)."""
-    p = Path(name)
-    if p.is_file():
-        return p
-    for cand in (CONFIG_ROOT / name, CONFIG_ROOT / f"{name}.yaml"):
-        if cand.is_file():
-            return cand
-    raise ConfigError(f"config {name!r} is neither a file nor a shipped config; see `balda configs`")
-
-
-def shipped_configs() -> list[str]:
-    return sorted(str(p.relative_to(CONFIG_ROOT).with_suffix("")) for p in CONFIG_ROOT.rglob("*.yaml")
-                  if not p.name.startswith("_"))
-
+from balda.config import ConfigError, resolve_config, shipped_configs
 
 def _cmd_train(args) -> int:
     from balda.config import load_config

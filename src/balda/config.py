@@ -492,3 +492,26 @@ def to_dict(cfg: Any) -> dict:
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------------- shipped configs
+#: Where the shipped YAML configs live (``balda/configs``).
+CONFIG_ROOT = Path(__file__).parent / "configs"
+
+
+def resolve_config(name: str | Path) -> Path:
+    """A config path as given, or a config shipped in ``balda/configs`` (``.yaml`` optional)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for cand in (CONFIG_ROOT / name, CONFIG_ROOT / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"config {str(name)!r} is neither a file nor a shipped config; see `balda configs`")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the shipped configs (``streets/self_training`` ...), without the ``_base`` files."""
+    return sorted(str(p.relative_to(CONFIG_ROOT).with_suffix("")) for p in CONFIG_ROOT.rglob("*.yaml")
+                  if not p.name.startswith("_"))
+

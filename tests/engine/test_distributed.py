@@ -47,7 +47,7 @@ CASES = {
 
 
 def _config(data: Path, out: Path, case: str, *extra: str):
-    from balda.cli import resolve_config
+    from balda.config import resolve_config
     from balda.config import load_config
 
     config, over = CASES[case]

@@ -121,7 +121,7 @@ def streets_copy(tiny_streets, tmp_path):
 
 
 def _cfg(data: Path, out: Path, config="streets/source_only", *extra, iters=4):
-    from balda.cli import resolve_config
+    from balda.config import resolve_config
     from balda.config import load_config
 
     return load_config(resolve_config(config), tiny_overrides(data, out, "run", iters) + list(extra))
@@ -216,7 +216,7 @@ def test_wrong_config_keys_or_types_name_the_key(override, key, capsys):
     err = capsys.readouterr().err
     assert "config error" in err and key in err, err
     with pytest.raises(ConfigError, match=re.escape(key)):
-        from balda.cli import resolve_config
+        from balda.config import resolve_config
         from balda.config import load_config
 
         load_config(resolve_config("streets/advent"), [override])

@@ -1,0 +1,21 @@
+"""Experiment grids on the embedded benchmark: ``balda demo`` and ``balda bench``.
+
+* :mod:`.catalog` - the named methods (a shipped config plus overrides), their warm-ups and controls;
+* :mod:`.runner` - cells as resumable subprocesses, ``jobs`` at a time; an interrupted grid resumes
+  where it stopped (a cell whose ``final_metrics.json`` exists is never re-run);
+* :mod:`.summary` - mean +- std over seeds, paired-by-seed differences to the controls with 95%
+  intervals, per-class IoU, conflict and labelled-set tables, plots (Markdown, CSV, JSON);
+* :mod:`.readme` - the results block of the README, regenerated from a summary.
+"""
+from __future__ import annotations
+
+from .catalog import (CATALOG, CONTROLS, DEFAULT_BENCH_METHODS, DEMO_METHODS, QUICK_BENCH_METHODS, WARMUP, Cell,
+                      cell_config, cell_overrides)
+from .readme import README_BEGIN, README_END, git_commit, write_readme_section
+from .runner import ensure_benchmark, is_done, prepare_warmup, run_cell, run_demo, run_grid
+from .summary import paired_differences, summarize
+
+__all__ = ["CATALOG", "CONTROLS", "DEFAULT_BENCH_METHODS", "DEMO_METHODS", "QUICK_BENCH_METHODS", "WARMUP", "Cell",
+           "README_BEGIN", "README_END", "cell_config", "cell_overrides", "ensure_benchmark", "git_commit",
+           "is_done", "paired_differences", "prepare_warmup", "run_cell", "run_demo", "run_grid", "summarize",
+           "write_readme_section"]

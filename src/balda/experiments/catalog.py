@@ -1,0 +1,132 @@
+"""The bench catalogue: named methods (a shipped config plus overrides), their warm-ups and controls.
+
+A *method* of the catalogue is a shipped config plus overrides (``self_training+gbw`` is
+``streets/self_training`` with ``balancing.class_weights=gbw``). A *cell* is a (method, seed)
+pair; its run folder is ``<out>/<method>_s<seed>``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+#: method name -> (shipped config, overrides). Order = table order.
+CATALOG: dict[str, tuple[str, tuple[str, ...]]] = {
+    "source_only": ("streets/source_only", ()),
+    "oracle": ("streets/oracle", ()),
+    "self_training": ("streets/self_training", ()),
+    "advent": ("streets/advent", ()),
+    "minent": ("streets/minent", ()),
+    "source_only+gbw": ("streets/source_only", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
+    "self_training+gbw": ("streets/self_training", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
+    "self_training+gbw_faithful": ("streets/self_training", ("balancing.class_weights=gbw",
+                                                             "balancing.gbw.mode=faithful")),
+    "self_training+inverse_freq": ("streets/self_training", ("balancing.class_weights=inverse_freq",)),
+    "self_training+class_balanced": ("streets/self_training", ("balancing.class_weights=class_balanced",)),
+    "advent+gbw": ("streets/advent", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
+    "minent+gbw": ("streets/minent", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
+    "advent+gh": ("streets/advent", ("balancing.combiner=gh",)),
+    "advent+gh++": ("streets/advent", ("balancing.combiner=gh++",)),
+    "minent+gh": ("streets/minent", ("balancing.combiner=gh",)),
+    "self_training+gh": ("streets/self_training", ("balancing.combiner=gh",)),
+    "self_training+gbw+gh": ("streets/self_training", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free",
+                                                       "balancing.combiner=gh")),
+    # #4's investigation of self-training: per-pixel confidence masks, and a two-stage run from the
+    # source-only model (model.init) against its control, source-only continued for as long
+    "self_training@pixel": ("streets/self_training", ("method.self_training.pseudo_weight=pixel",)),
+    "self_training@warm": ("streets/self_training", ()),
+    # DAFormer's rare class sampling on the source (min_pixels scaled from 1280x720 to 128x256)
+    "self_training+rcs": ("streets/self_training", ("data.rcs.enabled=true", "data.rcs.min_pixels=100")),
+    "source_only+rcs": ("streets/source_only", ("data.rcs.enabled=true", "data.rcs.min_pixels=100")),
+    "source_only@warm": ("streets/source_only", ()),
+    "cpsl": ("streets/cpsl", ()),
+    "cpsl+gbw": ("streets/cpsl", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
+    **{f"{sel}@{b}%": (f"streets/active_{sel}", (f"active.budget={b / 100}",))
+       for b in (2, 5, 10, 20) for sel in ("ripu", "cbda")},
+    # active learning on top of self-training (a combination no released code runs)
+    **{f"self_training+{sel}@{b}%": ("streets/self_training", ("active.enabled=true", f"active.selection={sel}",
+                                                             "active.mode=region", f"active.budget={b / 100}",
+                                                             "active.rounds=[0.1, 0.2, 0.3, 0.4, 0.5]"))
+       for b in (5,) for sel in ("ripu", "cbda")},
+    # CBDA's two parts alone (the paper's ablation): class-balanced scores with RIPU's per-image
+    # budget, and the dynamic global selection with RIPU's unweighted scores
+    **{f"cbda_{part}@{b}%": ("streets/active_cbda", (f"active.budget={b / 100}", off))
+       for b in (2, 5, 10) for part, off in (("balance", "active.cbda.dynamic=false"),
+                                            ("dynamic", "active.cbda.class_balance=false"))},
+}
+
+#: The control each method is compared with, paired by seed (the difference of the two runs of the
+#: same seed; see :func:`balda.experiments.summary.paired_differences`): the base a module is added
+#: to, the warm-up a stage starts from, or the method a variant replaces.
+CONTROLS: dict[str, tuple[str, ...]] = {
+    "oracle": ("source_only",),
+    "self_training": ("source_only",),
+    "advent": ("source_only",),
+    "minent": ("source_only",),
+    "source_only+gbw": ("source_only",),
+    "self_training+gbw": ("self_training",),
+    "self_training+gbw_faithful": ("self_training",),
+    "self_training+inverse_freq": ("self_training",),
+    "self_training+class_balanced": ("self_training",),
+    "advent+gbw": ("advent",),
+    "minent+gbw": ("minent",),
+    "advent+gh": ("advent",),
+    "advent+gh++": ("advent", "advent+gh"),
+    "minent+gh": ("minent",),
+    "self_training+gh": ("self_training",),
+    "self_training+gbw+gh": ("self_training", "self_training+gbw"),
+    "self_training@pixel": ("self_training",),
+    "self_training@warm": ("source_only@warm",),
+    "self_training+rcs": ("self_training",),
+    "source_only+rcs": ("source_only",),
+    "source_only@warm": ("source_only",),
+    "cpsl": ("self_training", "advent"),
+    "cpsl+gbw": ("cpsl",),
+    **{f"ripu@{b}%": ("source_only",) for b in (2, 5, 10, 20)},
+    **{f"cbda@{b}%": (f"ripu@{b}%",) for b in (2, 5, 10, 20)},
+    **{f"cbda_{part}@{b}%": (f"ripu@{b}%",) for b in (2, 5, 10) for part in ("balance", "dynamic")},
+    **{f"self_training+{sel}@5%": ("self_training", f"{sel}@5%") for sel in ("ripu", "cbda")},
+}
+CONTROLS["self_training+cbda@5%"] += ("self_training+ripu@5%",)
+
+#: Methods that start from another method's finished run of the same seed: CPSL from its AdvEnt
+#: warm-up (then ``balda cpsl prepare``), the ``@warm`` variants from its final weights (``model.init``).
+WARMUP = {"cpsl": "advent", "cpsl+gbw": "advent", "self_training@warm": "source_only",
+          "source_only@warm": "source_only"}
+
+#: The full grid of ``balda bench``.
+DEFAULT_BENCH_METHODS = tuple(CATALOG)
+#: ``balda bench --quick``.
+QUICK_BENCH_METHODS = ("source_only", "oracle", "self_training", "self_training+gbw", "advent", "advent+gh")
+#: What ``balda demo`` trains by default (<= 10 minutes on 2 CPU cores).
+DEMO_METHODS = ("source_only", "oracle", "self_training", "advent", "minent", "cbda@5%")
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method.replace('+', '-').replace('@', '_')}_s{self.seed}"
+
+
+def cell_overrides(cell: Cell, data: Path, out: Path, quick: bool = False, extra: Iterable[str] = ()) -> list[str]:
+    if cell.method not in CATALOG:
+        raise ValueError(f"unknown method {cell.method!r}; known: {', '.join(CATALOG)}")
+    _, over = CATALOG[cell.method]
+    o = [f"name={cell.name}", f"out_dir={out}", f"train.seed={cell.seed}",
+         f"data.source.root={data / 'source'}", f"data.target.root={data / 'target'}",
+         f"data.val.root={data / 'target'}", *over]
+    if quick:
+        o += ["train.iters=40", "train.ckpt_every=20", "train.log_every=10", "eval.max_images=16"]
+    return o + list(extra)
+
+
+def cell_config(cell: Cell, data: Path, out: Path, quick: bool = False, extra: Iterable[str] = ()):
+    from balda.config import load_config, resolve_config
+
+    return load_config(resolve_config(CATALOG[cell.method][0]), cell_overrides(cell, data, out, quick, extra))
+
+

@@ -1,0 +1,156 @@
+"""Running the bench grid: cells as resumable subprocesses (``jobs`` at a time), warm-ups first,
+the benchmark generated when missing; ``balda demo`` is a small grid."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Optional
+
+from .catalog import CATALOG, DEMO_METHODS, WARMUP, Cell, cell_config, cell_overrides
+from .summary import summarize
+
+log = logging.getLogger("balda.experiments")
+
+
+def prepare_warmup(cell: Cell, data: Path, out: Path, quick: bool, extra: Iterable[str], subprocess_mode: bool,
+                   progress: bool) -> list[str]:
+    """Finish the warm-up cell and return the override that starts ``cell`` from it: for CPSL, run
+    ``balda cpsl prepare`` on it (``method.cpsl.prepared``); otherwise ``model.init`` = its final weights."""
+    warm = Cell(WARMUP[cell.method], cell.seed)
+    run_cell(warm, data, out, quick, extra, subprocess_mode, progress)
+    if CATALOG[cell.method][0] != "streets/cpsl":
+        return [f"model.init={out / warm.name / 'final.pt'}"]
+    prepared = out / f"cpsl_prepared_s{cell.seed}"
+    if not (prepared / "manifest.json").is_file():
+        from balda.methods.cpsl_prepare import prepare_from_checkpoint
+
+        over = [f"data.target.root={data / 'target'}", f"data.val.root={data / 'target'}",
+                "method.cpsl.pseudo_stride=2"]
+        prepare_from_checkpoint(out / warm.name, prepared, overrides=over, progress=progress)
+    return [f"method.cpsl.prepared={prepared}"]
+
+
+def is_done(cell: Cell, out: Path) -> bool:
+    return (out / cell.name / "final_metrics.json").is_file()
+
+
+def run_cell(cell: Cell, data: Path, out: Path, quick: bool = False, extra: Iterable[str] = (),
+             subprocess_mode: bool = False, progress: bool = True) -> dict:
+    """Train and evaluate one cell (resuming its run if interrupted); return its final metrics."""
+    if not is_done(cell, out) and cell.method in WARMUP:
+        extra = list(extra) + prepare_warmup(cell, data, out, quick, extra, subprocess_mode, progress)
+    if not is_done(cell, out):
+        if subprocess_mode:
+            cmd = [sys.executable, "-m", "balda.cli", "train", CATALOG[cell.method][0],
+                   *cell_overrides(cell, data, out, quick, extra), "--resume"]
+            if not progress:
+                cmd.append("--no-progress")
+            env = dict(os.environ)
+            (out / cell.name).mkdir(parents=True, exist_ok=True)
+            with open(out / cell.name / "stdout.log", "a") as f:
+                r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+            if r.returncode != 0:
+                raise RuntimeError(f"cell {cell.name} failed (exit {r.returncode}); see {out / cell.name / 'stdout.log'}")
+        else:
+            from balda.engine.trainer import train
+
+            train(cell_config(cell, data, out, quick, extra), resume=True, progress=progress)
+    return json.loads((out / cell.name / "final_metrics.json").read_text())
+
+
+def ensure_benchmark(data: Path, progress: bool = True) -> None:
+    """Generate the default street benchmark in ``data`` unless a complete one is there already. A
+    complete benchmark generated with other parameters (``balda generate streets --size ...``) is
+    used as it is, never regenerated over."""
+    from balda.data.streets import generate_streets, load_streets_meta, streets_exists
+
+    meta = load_streets_meta(data)
+    if meta is not None and meta.get("complete"):
+        if not streets_exists(data):
+            log.info("using the street benchmark in %s as it is (parameters %s)", data, meta.get("params"))
+        return
+    log.info("generating the street benchmark in %s", data)
+    generate_streets(data, progress=progress)
+
+
+def run_grid(methods: Iterable[str], seeds: Iterable[int], data: Path, out: Path, quick: bool = False,
+             subprocess_mode: bool = False, progress: bool = True, extra: Iterable[str] = (), jobs: int = 1) -> dict:
+    """Run every (method, seed) cell not yet finished, ``jobs`` subprocesses at a time (each with
+    ``cpu_count // jobs`` threads), then summarise. With ``jobs > 1`` cells always run in subprocesses."""
+    methods, seeds = list(methods), list(seeds)
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_benchmark(data, progress)
+    cells = [Cell(m, s) for s in seeds for m in methods]
+    t0 = time.time()
+    if jobs > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        todo = [c for c in cells if not is_done(c, out)]
+        print(f"{len(cells) - len(todo)} of {len(cells)} cells already done; running {len(todo)} "
+              f"with {jobs} jobs x {threads} threads", flush=True)
+        # cells that start from another cell's run (CPSL's warm-up) go in a second phase, so that
+        # two workers never train the same run folder at once
+        phases = [[c for c in todo if c.method not in WARMUP], [c for c in todo if c.method in WARMUP]]
+        done = 0
+        bar = _grid_progress(len(todo)) if progress else None
+        for k, phase in enumerate(phases):
+            if k == 1:  # warm-ups and preparation first, one at a time (idempotent)
+                for c in phase:
+                    prepare_warmup(c, data, out, quick, extra, True, False)
+            with ThreadPoolExecutor(jobs) as pool:
+                futures = {pool.submit(run_cell, c, data, out, quick, extra, True, False): c for c in phase}
+                for fut in futures:
+                    fut.result()
+                    done += 1
+                    msg = f"[{done}/{len(todo)}] {futures[fut].method} seed {futures[fut].seed}: done " \
+                          f"({time.time() - t0:.0f} s)"
+                    if bar is not None:
+                        bar[0].update(bar[1], advance=1, description=msg)
+                    else:
+                        print(msg, flush=True)
+        if bar is not None:
+            bar[0].stop()
+    else:
+        for i, cell in enumerate(cells):
+            state = "done" if is_done(cell, out) else "running"
+            print(f"[{i + 1}/{len(cells)}] {cell.method} seed {cell.seed}: {state}", flush=True)
+            run_cell(cell, data, out, quick, extra, subprocess_mode, progress)
+    summary = summarize(out, methods, seeds)
+    summary["seconds"] = time.time() - t0
+    return summary
+
+
+def _grid_progress(total: int):
+    """An overall rich progress bar over a grid's cells (elapsed time and ETA)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                 TextColumn("eta"), TimeRemainingColumn())
+    p.start()
+    return p, p.add_task("grid", total=total)
+
+
+def run_demo(out: Path = Path("runs/demo"), data: Path = Path("data/streets"), quick: bool = False,
+             methods: Optional[Iterable[str]] = None, seeds: int = 1, progress: bool = True,
+             jobs: Optional[int] = None) -> dict:
+    """The main job: benchmark (generated if missing), the demo methods, a table and plots.
+
+    Cells run as ``jobs`` parallel subprocesses (default 2 when there are at least 2 cores), each
+    resumable; the demo's seed-0 cells are the benchmark grid's seed-0 cells."""
+    methods = list(methods) if methods else list(DEMO_METHODS)
+    if jobs is None:
+        jobs = 2 if (os.cpu_count() or 1) >= 2 else 1
+    summary = run_grid(methods, range(seeds), Path(data), Path(out), quick=quick, progress=progress, jobs=jobs)
+    if summary:
+        print()
+        print(summary["markdown"])
+        print(f"table, per-run metrics and plots in {out} ({summary['seconds']:.0f} s)")
+    return summary
