@@ -20,7 +20,7 @@ from balda.config import ConfigError, resolve_config, shipped_configs
 
 def _cmd_train(args) -> int:
     from balda.config import load_config
-    from balda.engine import dist
+    from balda.core import dist
     from balda.engine.trainer import train
 
     dist.init_from_env()
@@ -39,25 +39,19 @@ def _cmd_eval(args) -> int:
     import json
 
     from balda.config import config_from_dict
-    from balda.engine.checkpoint import load_checkpoint, load_model_weights
+    from balda.core.checkpoint import load_checkpoint, load_model_weights, resolve_checkpoint
     from balda.engine.evaluation import evaluate
     from balda.data.datasets import build_dataset
     from balda.models import build_model
     from balda.engine.trainer import resolve_device
 
-    target = Path(args.run)
-    if target.is_dir():
-        ckpt_path = target / ("best.pt" if args.best else "final.pt")
-        if not ckpt_path.exists():
-            ckpt_path = target / "last.pt"
-    else:
-        ckpt_path = target
+    ckpt_path = resolve_checkpoint(args.run, best=args.best)
     ckpt = load_checkpoint(ckpt_path)
     cfg = config_from_dict(ckpt["config"], str(ckpt_path))
     if args.overrides:
-        from balda.config import parse_overrides, to_dict, _merge
+        from balda.config import merge_dicts, parse_overrides, to_dict
 
-        cfg = config_from_dict(_merge(to_dict(cfg), parse_overrides(args.overrides)), "command-line overrides")
+        cfg = config_from_dict(merge_dicts(to_dict(cfg), parse_overrides(args.overrides)), "command-line overrides")
     model = build_model(cfg.model)
     state = ckpt["model"]
     if args.teacher and "strategy" in ckpt:
@@ -258,7 +252,7 @@ def main(argv=None) -> int:
         print("balda: interrupted (resume with --resume)", file=sys.stderr)
         return 130
     except Exception as e:  # clear one-line errors for the known failure kinds
-        from balda.engine.checkpoint import CheckpointError
+        from balda.core.checkpoint import CheckpointError
 
         known = (CheckpointError,)
         try:

@@ -19,9 +19,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from balda.core.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or of the wrong type."""
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -415,11 +414,12 @@ def _from_dict(cls: type, data: dict, prefix: str = "", source: str = "") -> Any
     return cls(**kwargs)
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge_dicts(base: dict, over: dict) -> dict:
+    """``over`` merged into ``base`` recursively (nested mappings merged, other values replaced)."""
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_dicts(out[k], v)
         else:
             out[k] = v
     return out
@@ -442,8 +442,8 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
         bases = base if isinstance(base, list) else [base]
         merged: dict = {}
         for b in bases:
-            merged = _merge(merged, _read_yaml(path.parent / b, seen + (path.resolve(),)))
-        data = _merge(merged, data)
+            merged = merge_dicts(merged, _read_yaml(path.parent / b, seen + (path.resolve(),)))
+        data = merge_dicts(merged, data)
     return data
 
 
@@ -480,7 +480,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     data = _read_yaml(Path(path)) if path is not None else {}
     cfg = config_from_dict(data, str(path) if path else "")
     if overrides:
-        merged = _merge(to_dict(cfg), parse_overrides(overrides))
+        merged = merge_dicts(to_dict(cfg), parse_overrides(overrides))
         cfg = config_from_dict(merged, "command-line overrides")
     return cfg
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from balda.engine.checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_model_weights, rng_state,
+from balda.core.checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_model_weights, rng_state,
                                      set_rng_state)
 
 

@@ -8,7 +8,7 @@ eval mode (running statistics; the layers' affine parameters still train). Weigh
 the one-process run within float tolerance (reduction orders differ); the ranks' replicas must be
 bit-identical. The float64 mechanism checks (global loss normalisation with uneven ignored pixels,
 GBW statistic, per-item random draws) are exact. CPSL is not covered (its Sinkhorn assignments and
-memory banks are per rank by design, see balda.engine.dist).
+memory banks are per rank by design, see balda.core.dist).
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def _global_batch():
 def _mechanisms(rank: int) -> dict:
     """Per-mechanism errors between the sharded computation and the one-process one (float64)."""
     from balda.balancing.class_weights import gbw_statistic
-    from balda.engine import dist
+    from balda.core import dist
     from balda.methods.augment import batch_rand
     from balda.methods.losses import weighted_cross_entropy
 
@@ -136,7 +136,7 @@ def _worker(rank: int, store: str, data: str, out: str, cases: list[str]) -> Non
                 marker.write_text("rank 0")
             return marker.exists()
 
-        from balda.engine import dist
+        from balda.core import dist
 
         mech["main_first_ordered"] = dist.main_first(first)
         torch.save(mech, Path(out) / f"mechanisms.rank{rank}.pt")
@@ -258,7 +258,7 @@ def test_check_global_batch_names_the_key(tiny_config):
 
 
 def test_single_process_helpers_are_identities():
-    from balda.engine import dist
+    from balda.core import dist
 
     x = torch.arange(6.0).view(3, 2)
     assert not dist.in_sharded_step()

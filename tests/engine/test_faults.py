@@ -17,7 +17,7 @@ import torch
 
 from balda.config import ConfigError
 from balda.data.io import DataError
-from balda.engine.checkpoint import CheckpointError, load_checkpoint
+from balda.core.checkpoint import CheckpointError, load_checkpoint
 from balda.engine.trainer import Trainer
 from tests.conftest import tiny_overrides
 

@@ -38,6 +38,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from balda.core.progress import progress_bar
 from balda.active.annotator import Annotator, LabelStore, OracleAnnotator
 from balda.active.cbda import class_weights, dynamic_select, kl_to_uniform, reweight_scores
 from balda.active.scores import ripu_pixel_scores, ripu_region_scores
@@ -154,39 +155,6 @@ class _Timer:
         self.total += time.perf_counter() - self.t0
 
 
-def _progress(enabled: bool, description: str, total: int):
-    """A rich progress bar (or a no-op stand-in)."""
-    if not enabled:
-        class _Null:
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                return False
-
-            def advance(self, n=1):
-                pass
-
-        return _Null()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    class _Bar:
-        def __enter__(self):
-            self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TimeRemainingColumn(), transient=True)
-            self.p.__enter__()
-            self.task = self.p.add_task(description, total=total)
-            return self
-
-        def __exit__(self, *exc):
-            return self.p.__exit__(*exc)
-
-        def advance(self, n=1):
-            self.p.advance(self.task, n)
-
-    return _Bar()
-
-
 # ------------------------------------------------------------------------------------ rounds
 def _prior_counts(model, dataset, num_classes, n_images, mean, std, device, infer_size) -> np.ndarray:
     """Predicted-class pixel counts over ``n_images`` evenly spaced target images."""
@@ -252,7 +220,7 @@ def _select(model, dataset, store: LabelStore, cfg: ActiveConfig, num_rounds: in
     picks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     first, quota = [], []
     budget = 0
-    with _progress(progress, f"active round: scoring {N} images", N) as bar:
+    with progress_bar(f"active round: scoring {N} images", N, progress) as bar:
         for i in range(N):
             (ys, xs, sc), nb, m = candidates(i, None)
             budget += nb
@@ -353,7 +321,7 @@ def acquire_round(
     counts = np.zeros(K, dtype=np.int64)
     acquired = 0
     t_ann = time.perf_counter()
-    with _progress(progress, f"active round: annotating {len(picks)} images", len(picks)) as bar:
+    with progress_bar(f"active round: annotating {len(picks)} images", len(picks), progress) as bar:
         for i in sorted(picks):
             ys, xs = picks[i]
             mask = regions_to_mask(ys, xs, label_r, shapes[i]).numpy()

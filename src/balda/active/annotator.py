@@ -34,7 +34,7 @@ import numpy as np
 
 from PIL import Image
 
-from balda.atomic import atomic_write
+from balda.core.atomic import atomic_write
 
 from balda.data.labels import IGNORE_INDEX, NUM_CLASSES
 

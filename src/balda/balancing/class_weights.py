@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from balda.config import BalancingConfig, ConfigError
-from balda.engine import dist
+from balda.core import dist
 
 __all__ = [
     "GBW",
@@ -100,7 +100,7 @@ def gbw_statistic(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
         ``g``: ``(K,)`` on the logits' device, float32 (float64 for float64 logits). Absent classes
         get only the ``p_{i,c}`` terms of other pixels; with every pixel ignored ``g = 0``.
 
-    Data parallelism: inside a sharded training step (:func:`balda.engine.dist.sharded_step`) the
+    Data parallelism: inside a sharded training step (:func:`balda.core.dist.sharded_step`) the
     statistic is that of the *global* batch: the class counts ``n_c`` are all-reduced before
     ``s_i`` is formed and the per-class sums of squares ``||G_{:,c}||^2`` are all-reduced before the
     square root (two small all-reduces of ``K`` numbers), so every rank gets the one-process ``g``.

@@ -48,7 +48,7 @@ Data parallelism (DDP)
 DDP averages gradients through hooks on ``AccumulateGrad``; ``torch.autograd.grad`` never runs
 them, and the conflict must be measured between the *global* group gradients anyway (the cosine
 of averaged gradients is not the average of per-rank cosines). So, inside a sharded training step
-(:func:`balda.engine.dist.sharded_step`), :class:`HarmonizingCombiner` does its own reduction
+(:func:`balda.core.dist.sharded_step`), :class:`HarmonizingCombiner` does its own reduction
 (``reduces_grads = True``) and the trainer runs the step under DDP's ``no_sync()``:
 
 * ``shared_mode='all'``: ``g_A`` and ``g_C`` are averaged over ranks (coalesced all-reduces,
@@ -58,7 +58,7 @@ of averaged gradients is not the average of per-rank cosines). So, inside a shar
   after the weighted backward every ``p.grad`` is averaged.
 * the plain-sum fallback (an empty group) averages every ``p.grad`` after its backward.
 
-Per-rank losses are normalised over the global batch (:func:`balda.engine.dist.global_mean`), so
+Per-rank losses are normalised over the global batch (:func:`balda.core.dist.global_mean`), so
 the average of the per-rank gradients is the one-process gradient.
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from balda.engine import dist
+from balda.core import dist
 from balda.balancing.gh import (
     VARIANTS,
     accumulation_dtype,
@@ -77,7 +77,7 @@ from balda.balancing.gh import (
     grad_stats,
     harmonized_weights,
 )
-from balda.methods.base import StepOutput
+from balda.core.types import StepOutput
 
 __all__ = ["Combiner", "SumCombiner", "HarmonizingCombiner", "build_combiner", "shared_parameters"]
 

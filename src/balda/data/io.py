@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from balda.atomic import atomic_write
+from balda.core.errors import DataError
+from balda.core.atomic import atomic_write
 
 from balda.data.labels import IGNORE_INDEX, PALETTE, SYNTHIA_LUT, TRAINID_TO_LABELID, map_labels
 
@@ -30,14 +31,6 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 #: Label modes PIL returns for single-channel id maps.
 _SINGLE_CHANNEL_MODES = {"1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"}
-
-
-class DataError(RuntimeError):
-    """A dataset file or folder is missing, unreadable or malformed; the message names it."""
-
-    def __init__(self, message: str, path: Optional[PathLike] = None):
-        super().__init__(message)
-        self.path = None if path is None else Path(path)
 
 
 def _palette_bytes(colours: np.ndarray) -> list[int]:

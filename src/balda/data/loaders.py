@@ -269,7 +269,7 @@ def build_train_loader(cfg, start_step: int = 0, target_label_filter: Optional[L
     :func:`class_pixel_counts` of the source (cached), and a crop must hold
     ``rcs.min_crop_pixels`` (scaled from 512x512 to the crop area) of the sampled class.
     """
-    from balda.engine import dist
+    from balda.core import dist
 
     d = cfg.data
     rank, world = dist.rank(), dist.world_size()

@@ -17,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from balda.core.progress import progress_bar
 from balda.data.io import DataError
 
 log = logging.getLogger("balda.data")
@@ -106,16 +107,11 @@ def class_pixel_counts(dataset, num_classes: int = 19, cache: bool = True, progr
             return np.zeros(num_classes, dtype=np.int64)
 
     counts = np.zeros((len(names), num_classes), dtype=np.int64)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("[bold]class statistics[/] {task.description}"), BarColumn(),
-               MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress, transient=True) as bar, \
+    with progress_bar(f"class statistics {dataset.kind}/{dataset.split}", len(names), progress) as bar, \
             ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
-        task = bar.add_task(f"{dataset.kind}/{dataset.split}", total=len(names))
         for i, row in enumerate(pool.map(one, range(len(names)))):
             counts[i] = row
-            bar.advance(task)
+            bar.advance()
 
     for p in paths:
         if _try_save(p, counts, names):

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from balda.core.progress import progress_bar
 from balda.data.labels import (
     CLASS_NAMES,
     IGNORE_INDEX,
@@ -441,20 +442,10 @@ def evaluate(model: nn.Module, dataset: Any, eval_cfg: Any, mean: Sequence[float
     conf = torch.zeros((num_classes, num_classes), dtype=torch.long, device=device)
     batch_size = max(int(getattr(eval_cfg, "batch_size", 1) or 1), 1)
 
-    bar = None
-    task = None
-    if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        bar = Progress(TextColumn("[bold]Evaluating"), BarColumn(), MofNCompleteColumn(),
-                       TimeRemainingColumn(), transient=True)
-        task = bar.add_task("eval", total=n)
-        bar.start()
-
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), progress_bar("Evaluating", n, progress) as bar:
             for batch in _batches(n, batch_size, dataset.load):
                 imgs = torch.from_numpy(np.stack([np.ascontiguousarray(b[1]) for b in batch]))
                 labels = torch.from_numpy(np.stack([np.asarray(b[2]) for b in batch]))
@@ -475,12 +466,9 @@ def evaluate(model: nn.Module, dataset: Any, eval_cfg: Any, mean: Sequence[float
                     pred_np = pred.to(torch.uint8).cpu().numpy()
                     for (i, _, _), p in zip(batch, pred_np):
                         export_prediction(p, str(dataset.names[i]), export_dir)
-                if bar is not None:
-                    bar.advance(task, len(batch))
+                bar.advance(len(batch))
     finally:
         model.train(was_training)
-        if bar is not None:
-            bar.stop()
 
     metrics = Metrics.from_confusion(conf.cpu().numpy(), view, rare_k=int(getattr(eval_cfg, "rare_k", 6)))
     if export_dir is not None:

@@ -11,12 +11,12 @@ needed for an exact resume: model, optimiser, schedule, strategy (teacher, discr
 optimiser, class-weight EMA), grad scaler, RNG states and the iteration.
 
 Under ``torchrun`` (several processes) each rank trains on its share of every global batch, the
-segmentor is wrapped in DDP, and a step runs inside :func:`balda.engine.dist.sharded_step`
+segmentor is wrapped in DDP, and a step runs inside :func:`balda.core.dist.sharded_step`
 (global loss normalisation, all-reduced statistics, agreed non-finite check). With a harmonizing
 combiner the step runs under DDP's ``no_sync()`` and the combiner averages the gradients itself;
 strategy parameters outside DDP (CPSL prototypes) are averaged after the backward; rank 0's
 buffers are broadcast after the optimiser step. Only rank 0 evaluates and writes files. See the
-module docstring of :mod:`balda.engine.dist`.
+module docstring of :mod:`balda.core.dist`.
 """
 from __future__ import annotations
 
@@ -30,10 +30,11 @@ from typing import Optional
 
 import torch
 
-from balda.atomic import atomic_write_text
+from balda.core.errors import NonFiniteLossError
+from balda.core.atomic import atomic_write_text
 from balda.config import Config, save_config, to_dict
-from balda.engine import dist
-from balda.engine.checkpoint import (CheckpointError, atomic_save, load_checkpoint,
+from balda.core import dist
+from balda.core.checkpoint import (CheckpointError, atomic_save, load_checkpoint,
                                      load_model_weights, rng_state, seed_everything, set_rng_state)
 from balda.engine.logger import RunLogger, read_metrics
 from balda.engine.optim import build_optimizer
@@ -42,12 +43,9 @@ log = logging.getLogger("balda.train")
 
 #: Tests set BALDA_FAULT_KILL_AT_STEP=N to SIGKILL a training process right after step N (after that
 #: step's logging, evaluation and checkpoint, if any: N = ckpt_every dies just after writing last.pt).
-#: See also BALDA_FAULT_KILL_IN_SAVE in :mod:`balda.engine.checkpoint`.
+#: See also BALDA_FAULT_KILL_IN_SAVE in :mod:`balda.core.checkpoint`.
 _KILL_AT = int(os.environ.get("BALDA_FAULT_KILL_AT_STEP", "-1"))
 
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN or infinite (the weights were not updated)."""
 
 
 def resolve_device(name: str) -> torch.device:

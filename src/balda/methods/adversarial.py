@@ -192,7 +192,7 @@ class AdversarialStrategy(Strategy):
             loss_s = gan_loss(d_s, SOURCE_LABEL, cfg.gan) / 2
             loss_t = gan_loss(d_t, TARGET_LABEL, cfg.gan) / 2
             (loss_s + loss_t).backward()
-        from balda.engine import dist
+        from balda.core import dist
 
         if dist.is_distributed():  # pragma: no cover - keep the replicas of D identical
             dist.all_reduce_grads(self.discriminator.parameters())

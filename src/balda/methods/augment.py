@@ -6,7 +6,7 @@ training step is a deterministic function of ``(seed, step, batch)`` and a resum
 No function synchronises with the host.
 
 Per-image random numbers come from :func:`batch_rand`: under data parallelism (inside
-:func:`balda.engine.dist.sharded_step`, where this process holds items ``rank::W`` of the global
+:func:`balda.core.dist.sharded_step`, where this process holds items ``rank::W`` of the global
 batch) the numbers are drawn for the whole global batch and each rank keeps its rows, so image
 ``j`` of the global batch is augmented identically whatever the number of processes (and two ranks
 never share their draws).
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from balda.data.labels import IGNORE_INDEX
-from balda.engine import dist
+from balda.core import dist
 
 __all__ = ["step_generator", "batch_rand", "classmix_masks", "mix", "color_jitter", "gaussian_blur", "denormalize",
            "renormalize"]

@@ -535,7 +535,7 @@ class CPSLStrategy(Strategy):
                              cfg)
         mw = prepared.get("model_weights")
         if init_from_prepared and mw is not None:
-            from balda.engine.checkpoint import load_checkpoint, load_model_weights
+            from balda.core.checkpoint import load_checkpoint, load_model_weights
 
             state = load_checkpoint(mw)["model"]
             try:

@@ -41,7 +41,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from balda.atomic import atomic_write
+from balda.core.errors import PreparedError
+from balda.core.atomic import atomic_write
+from balda.core.progress import progress_bar
 
 __all__ = ["PreparedError", "prepare_cpsl", "prepare_from_checkpoint", "load_prepared", "p0_path",
            "check_prepared_dataset", "MANIFEST", "PROTOTYPES", "MODEL_WEIGHTS", "FORMAT"]
@@ -54,9 +56,6 @@ P0_DIR = "p0"
 FORMAT = "balda-cpsl-prepared"
 VERSION = 1
 
-
-class PreparedError(ValueError):
-    """A CPSL prepared folder is missing, incomplete or inconsistent."""
 
 
 def p0_path(out_dir: str | Path, i: int) -> Path:
@@ -219,12 +218,8 @@ def prepare_cpsl(model: torch.nn.Module, dataset, out_dir: str | Path, mean: Seq
     std_t = torch.as_tensor([float(v) for v in std], device=device).view(1, 3, 1, 1)
     todo = [i for i in range(n) if not p0_path(out_dir, i).is_file()]
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("[bold]CPSL prepare"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
-        with Progress(*columns, disable=not progress, transient=True) as bar:
-            task = bar.add_task("prepare", total=n, completed=n - len(todo))
+        with progress_bar("CPSL prepare", n, progress, completed=n - len(todo)) as bar:
             for group in _groups(todo, max(1, int(batch_size)), lambda i: _load_image(dataset, i, resize_l)):
                 imgs = torch.from_numpy(np.stack([im for _, im in group])).to(device)
                 x = (imgs.permute(0, 3, 1, 2).float() - mean_t) / std_t
@@ -239,7 +234,7 @@ def prepare_cpsl(model: torch.nn.Module, dataset, out_dir: str | Path, mean: Seq
                               "p0_shape": np.asarray(p0.shape[-2:], np.int64),
                               "image_size": np.asarray([H, W], np.int64)}
                     atomic_write(p0_path(out_dir, i), lambda f, a=arrays: np.savez(f, **a))
-                bar.advance(task, len(group))
+                bar.advance(len(group))
     finally:
         model.train(was_training)
     _fsync_dir(out_dir / P0_DIR)
@@ -273,24 +268,6 @@ def prepare_cpsl(model: torch.nn.Module, dataset, out_dir: str | Path, mean: Seq
     return manifest
 
 
-def _resolve_checkpoint(path: Path) -> Path:
-    if path.is_dir():
-        for name in ("final.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        from balda.engine.checkpoint import CheckpointError
-
-        raise CheckpointError(f"run folder {path} holds neither final.pt nor last.pt")
-    return path
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def prepare_from_checkpoint(ckpt_path: str | Path, out_dir: str | Path, overrides: Sequence[str] = (),
                             device: str = "auto", progress: bool = True, batch_size: int = 1) -> dict:
     """``balda cpsl prepare RUN_OR_CKPT``: prepare from a warm-up checkpoint (or run folder).
@@ -301,19 +278,20 @@ def prepare_from_checkpoint(ckpt_path: str | Path, out_dir: str | Path, override
     The warm-up weights are copied to ``out_dir/model.pt`` (the CPSL strategy starts from them).
     A run folder resolves to its ``final.pt`` (else ``last.pt``).
     """
-    from balda.config import config_from_dict, parse_overrides, to_dict
+    from balda.config import config_from_dict, merge_dicts, parse_overrides, to_dict
     from balda.data.datasets import build_dataset
-    from balda.engine.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_model_weights
+    from balda.core.checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_model_weights,
+                                       resolve_checkpoint)
     from balda.models import build_model
 
-    path = _resolve_checkpoint(Path(ckpt_path))
+    path = resolve_checkpoint(ckpt_path)
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"checkpoint {path} holds no saved config ('config' entry); it was not written by "
                               "the balda trainer")
     cfg = config_from_dict(ckpt["config"], f"checkpoint {path}")
     if overrides:
-        cfg = config_from_dict(_merge(to_dict(cfg), parse_overrides(list(overrides))), "command-line overrides")
+        cfg = config_from_dict(merge_dicts(to_dict(cfg), parse_overrides(list(overrides))), "command-line overrides")
     model = build_model(replace(cfg.model, pretrained=None))
     load_model_weights(model, ckpt["model"], path)
     dataset = build_dataset(replace(cfg.data.target, labelled=False))

@@ -31,12 +31,10 @@ from balda.methods.losses import resize_logits, weighted_cross_entropy
 
 def load_teacher(path: str | Path) -> torch.nn.Module:
     """Build and load the frozen teacher from a balda checkpoint (or a run folder: its final.pt)."""
-    from balda.engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+    from balda.core.checkpoint import CheckpointError, load_checkpoint, load_model_weights, resolve_checkpoint
     from balda.models import build_model
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / "final.pt" if (p / "final.pt").is_file() else p / "last.pt"
+    p = resolve_checkpoint(path)
     ckpt = load_checkpoint(p)
     if "model_config" not in ckpt:
         raise CheckpointError(f"method.distill.teacher: {p} holds no model config; was it written by balda?")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from balda.data.labels import IGNORE_INDEX
-from balda.engine import dist
+from balda.core import dist
 
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -21,7 +21,7 @@ def masked_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """``total / max(count, 1)``: a sum over selected pixels divided by their number.
 
     Inside a sharded data-parallel step the count is that of the *global* batch
-    (:func:`balda.engine.dist.global_mean`): every pixel-mean loss must use this so that DDP's
+    (:func:`balda.core.dist.global_mean`): every pixel-mean loss must use this so that DDP's
     gradient average equals the one-process gradient whatever the ranks' shares of valid pixels."""
     return dist.global_mean(total, count)
 
@@ -41,7 +41,7 @@ def weighted_cross_entropy(
     weights change the loss scale as in mmseg's ``avg_non_ignore`` reduction. Logits are upsampled to
     the label size first. Returns 0 (with a graph) when no pixel is labelled.
 
-    Data parallelism: inside a sharded training step (:func:`balda.engine.dist.sharded_step`) ``V``
+    Data parallelism: inside a sharded training step (:func:`balda.core.dist.sharded_step`) ``V``
     is the set of valid pixels of the *global* batch: the rank returns
     ``(W / |V_global|) * sum_{i in V_rank} ...`` (one all-reduce of the count), so DDP's average of
     the ranks' gradients is exactly the gradient of the one-process loss.

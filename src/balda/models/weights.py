@@ -22,11 +22,10 @@ from typing import Mapping, NamedTuple
 import torch
 from torch import nn
 
-_SHOW = 5  # offending keys listed per category
+from balda.core.checkpoint import StateDiff, diff_state_dict  # noqa: F401 - re-exported
+from balda.core.errors import WeightsError
 
 
-class WeightsError(ValueError):
-    """A pretrained-weights file is missing, unreadable, or does not match the model."""
 
 
 class LoadResult(NamedTuple):
@@ -77,47 +76,6 @@ def _strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     if any(k.startswith("backbone.") for k in sd):
         sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
     return sd
-
-
-def _fmt(keys: list[str]) -> str:
-    more = f" ... (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
-    return ", ".join(keys[:_SHOW]) + more
-
-
-class StateDiff(NamedTuple):
-    """Keys by which a state dict differs from a model's: what :func:`diff_state_dict` returns.
-
-    Falsy when the two match; ``str()`` lists a few keys of each kind for an error message."""
-
-    missing: list[str]
-    unexpected: list[str]
-    mismatched: list[str]  # "key (file shape vs model shape)"
-
-    def __bool__(self) -> bool:
-        return bool(self.missing or self.unexpected or self.mismatched)
-
-    def __str__(self) -> str:
-        parts = []
-        if self.missing:
-            parts.append(f"{len(self.missing)} missing: {_fmt(self.missing)}")
-        if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unexpected: {_fmt(self.unexpected)}")
-        if self.mismatched:
-            parts.append(f"{len(self.mismatched)} shape mismatches: {_fmt(self.mismatched)}")
-        return "; ".join(parts)
-
-
-def diff_state_dict(own: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor],
-                    optional=lambda key: False) -> StateDiff:
-    """Compare ``other`` (a file's state dict) with ``own`` (the model's): keys of ``own`` absent from
-    ``other`` (except those ``optional(key)`` allows to be absent), keys of ``other`` unknown to
-    ``own``, and keys present in both with different shapes. The one place both the ImageNet-weights
-    loader and the checkpoint loader check a state dict."""
-    missing = [k for k in own if k not in other and not optional(k)]
-    unexpected = [k for k in other if k not in own]
-    mismatched = [f"{k} (file {tuple(other[k].shape)} vs model {tuple(own[k].shape)})"
-                  for k in own if k in other and tuple(other[k].shape) != tuple(own[k].shape)]
-    return StateDiff(missing, unexpected, mismatched)
 
 
 def load_segmentor(model: nn.Module, path: str | os.PathLike) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from balda.core.progress import track
 from balda.data.labels import CITYSCAPES_LUT, CLASS_NAMES, NUM_CLASSES, PALETTE, TRAINID_TO_LABELID_LUT, colorize
 
 from .render import image_rng, render_scene
@@ -171,9 +172,9 @@ def generate_streets(out: str | os.PathLike, size: tuple[int, int] = (128, 256),
     if workers > 1 and len(jobs) > 8:
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
         with ctx.Pool(workers) as pool:
-            consume(_progress(pool.imap_unordered(_render_job, jobs, chunksize=chunk), len(jobs), progress))
+            consume(track(pool.imap_unordered(_render_job, jobs, chunksize=chunk), len(jobs), "rendering streets", progress))
     else:
-        consume(_progress(map(_render_job, jobs), len(jobs), progress))
+        consume(track(map(_render_job, jobs), len(jobs), "rendering streets", progress))
     _sample_page(out, "source", min(4, n_source), out / "samples_source.png")
     _sample_page(out, "target_train", min(4, n_target_train) or 0, out / "samples_target.png")
 
@@ -198,16 +199,3 @@ def generate_streets(out: str | os.PathLike, size: tuple[int, int] = (128, 256),
     (out / "meta.json").write_text(json.dumps({"generator": GENERATOR, "complete": True, "params": params,
                                                "summary": summary}, indent=1, sort_keys=True))
     return {**summary, "root": str(out), "reused": False, "seconds": time.perf_counter() - t0}
-
-
-def _progress(it, total: int, enabled: bool):
-    if not enabled:
-        yield from it
-        return
-    try:
-        from rich.progress import track
-    except ImportError:  # pragma: no cover
-        yield from it
-        return
-    yield from track(it, total=total, description="rendering streets")
-
