@@ -127,7 +127,7 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_cpsl_prepare(args) -> int:
-    from balda.methods.cpsl_prepare import prepare_from_checkpoint
+    from balda.methods.cpsl.prepare import prepare_from_checkpoint
 
     prepare_from_checkpoint(Path(args.run), Path(args.out), overrides=args.overrides, device=args.device,
                                   progress=not args.no_progress, batch_size=args.batch_size)

@@ -159,94 +159,73 @@ class EvalConfig:
 
 
 # ------------------------------------------------------------------------------------------ methods
-@dataclass
-class SelfTrainingConfig:
-    """Mean-teacher self-training with ClassMix (DACS / DAFormer), specs/baselines.md."""
-
-    ema_alpha: float = 0.999
-    pseudo_threshold: float = 0.968
-    #: Pseudo-label pixel weight: ``image`` = share of confident pixels of the image (DACS);
-    #: ``pixel`` = 1 where the teacher's confidence >= pseudo_threshold, else 0 (FixMatch-style).
-    pseudo_weight: Literal["image", "pixel"] = "image"
-    #: Ignore the top/bottom rows of the pseudo-label (DAFormer: 15 / 120 on 512 crops).
-    ignore_top: int = 0
-    ignore_bottom: int = 0
-    mix: Literal["classmix", "none"] = "classmix"
-    color_jitter_strength: float = 0.2
-    #: DACS/DAFormer convention (their code jitters when u > p): the mixed image is colour-jittered
-    #: with probability ``1 - color_jitter_p`` (0.8 at the default 0.2).
-    color_jitter_p: float = 0.2
-    blur: bool = True
-    lambda_target: float = 1.0
-    #: ImageNet feature distance (DAFormer); active when ``imnet_model`` is a weights path.
-    fdist_lambda: float = 0.005
-    fdist_classes: list[int] = field(default_factory=lambda: [6, 7, 11, 12, 13, 14, 15, 16, 17, 18])
-    fdist_scale_min_ratio: float = 0.75
-    imnet_model: Optional[str] = None
-
-
-@dataclass
-class AdversarialConfig:
-    """Output-space adversarial alignment (AdaptSegNet on softmax, AdvEnt on self-information)."""
-
-    input: Literal["entropy", "softmax"] = "entropy"
-    gan: Literal["bce", "lsgan"] = "bce"
-    lambda_adv: float = 0.001
-    lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    ndf: int = 64
-    #: Add MinEnt on the target besides the adversarial loss (AdvEnt "AdvEnt+MinEnt"); 0 = off.
-    lambda_ent: float = 0.0
-
-
-@dataclass
-class MinEntConfig:
-    lambda_ent: float = 0.001
-
-
-@dataclass
-class CPSLConfig:
-    """Class-balanced pixel-level self-labeling (specs/cpsl.md)."""
-
-    #: Folder written by ``balda cpsl prepare`` (soft pseudo-labels, prior, prototypes).
-    prepared: Optional[str] = None
-    tau: float = 0.08
-    epsilon: float = 0.05
-    sinkhorn_iters: int = 3
-    bank_size: int = 65536
-    samples_per_image: int = 256
-    ema_alpha: float = 0.999
-    proto_ema: float = 0.999
-    threshold: float = 0.0
-    lambda_ce: float = 0.1
-    lambda_rce: float = 1.0
-    lambda_con: float = 5.0
-    lambda_sl: float = 0.1
-    cutmix_p: float = 0.5
-    #: Downsampling factor of the stored soft pseudo-labels.
-    pseudo_stride: int = 4
-
-
-@dataclass
-class DistillConfig:
-    """CPSL stages 2-3: self-distillation of a frozen teacher into a fresh student (specs/cpsl.md)."""
-
-    #: The previous stage's checkpoint or run folder (required).
-    teacher: Optional[str] = None
-    threshold: float = 0.95
-    lambda_ce: float = 1.0
-    lambda_kl: float = 1.0
-
-
-@dataclass
 class MethodConfig:
-    name: Literal["source_only", "oracle", "self_training", "adversarial", "minent", "cpsl",
-                  "distill"] = "source_only"
-    self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
-    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
-    minent: MinEntConfig = field(default_factory=MinEntConfig)
-    cpsl: CPSLConfig = field(default_factory=CPSLConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    """``method:`` of a config: the ``name`` of a registered strategy and one section per registered
+    strategy that has a config dataclass, ``method.<strategy>.<field>`` (e.g.
+    ``method.self_training.pseudo_threshold``).
+
+    Sections are validated strictly against the dataclass each strategy registered
+    (:func:`balda.core.registry.register_strategy`); a section not given reads as that dataclass's
+    defaults, so ``cfg.method.cpsl.pseudo_stride`` works whatever ``name`` is.
+    """
+
+    def __init__(self, name: str = "source_only", **sections: Any):
+        self.name = name
+        self._sections: dict[str, Any] = dict(sections)
+
+    def __getattr__(self, item: str) -> Any:
+        if item.startswith("_"):
+            raise AttributeError(item)
+        sections = self.__dict__.setdefault("_sections", {})
+        if item not in sections:
+            from balda.core.registry import STRATEGIES
+
+            spec = STRATEGIES.get(item, "method") if item in STRATEGIES else None
+            if spec is None or spec.config is None:
+                raise AttributeError(f"method config has no section {item!r}")
+            sections[item] = spec.config()
+        return sections[item]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MethodConfig) and _method_dict(self) == _method_dict(other)
+
+    def __repr__(self) -> str:
+        return f"MethodConfig(name={self.name!r}, sections={sorted(self._sections)})"
+
+    @classmethod
+    def from_dict(cls, data: dict, prefix: str = "method", source: str = "") -> "MethodConfig":
+        from balda.core.registry import STRATEGIES
+
+        where = f" in {source}" if source else ""
+        name = data.get("name", "source_only")
+        if not isinstance(name, str):
+            raise ConfigError(f"{prefix + '.name'!r}{where}: expected a strategy name, got {name!r}")
+        STRATEGIES.get(name, f"{prefix}.name{where}")
+        sections = {}
+        for key, value in data.items():
+            if key == "name":
+                continue
+            if key not in STRATEGIES:
+                raise ConfigError(f"unknown config key {prefix + '.' + str(key)!r}{where}: no strategy {key!r} is "
+                                  f"registered (method sections: {', '.join(STRATEGIES.names())})")
+            spec = STRATEGIES.get(key)
+            if spec.config is None:
+                raise ConfigError(f"{prefix}.{key!s}{where}: strategy {key!r} takes no options")
+            sections[key] = _coerce(value, spec.config, f"{prefix}.{key}", source)
+        return cls(name, **sections)
+
+
+def _method_dict(m: MethodConfig) -> dict:
+    """``method:`` as a plain dict: ``name`` and every registered strategy's section (defaults included)."""
+    from balda.core.registry import STRATEGIES
+
+    out: dict[str, Any] = {"name": m.name}
+    for key, spec in STRATEGIES.items():
+        if spec.config is not None:
+            out[key] = to_dict(getattr(m, key))
+    for key, value in m._sections.items():  # sections of strategies registered after loading
+        out.setdefault(key, to_dict(value))
+    return out
 
 
 # ---------------------------------------------------------------------------------------- balancing
@@ -325,7 +304,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)  # type: ignore[assignment]
     balancing: BalancingConfig = field(default_factory=BalancingConfig)
     active: ActiveConfig = field(default_factory=ActiveConfig)
 
@@ -367,6 +346,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
         inner = args[0] if args else Any
         return [_coerce(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if tp is MethodConfig:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return MethodConfig.from_dict(value, key, source)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
@@ -485,8 +468,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+def to_dict(cfg: Any) -> Any:
+    """A config (dataclasses, :class:`MethodConfig`, lists) as plain YAML-able data."""
+    if isinstance(cfg, MethodConfig):
+        return _method_dict(cfg)
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -1,4 +1,4 @@
-"""ActiveStrategy (src/balda/methods/active.py): each loss against a brute-force computation."""
+"""ActiveStrategy (src/balda/active/strategy.py): each loss against a brute-force computation."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from balda.config import ActiveConfig
-from balda.methods.active import ActiveStrategy, label_interior_mask, local_consistency_loss, negative_learning_loss
+from balda.active.strategy import ActiveStrategy, label_interior_mask, local_consistency_loss, negative_learning_loss
 from balda.methods.base import StepOutput, Strategy
 from balda.methods.losses import weighted_cross_entropy
 from balda.models.base import SegOutput, Segmentor
@@ -121,7 +121,7 @@ def test_active_strategy_losses_against_reference(reuse):
     cfg = ActiveConfig(enabled=True, lambda_labelled=1.5, lambda_negative=1.0, lambda_consistency=0.1)
     strat = ActiveStrategy(base, model, lambda term: FixedWeights() if term == "active" else None, cfg,
                            reuse_forward=reuse)
-    assert strat.uses_target_labels and isinstance(strat.active_weighting, FixedWeights)
+    assert strat.uses_target_labels and isinstance(strat.active_ce.weighting, FixedWeights)
     batch = _batch()
     model.calls = 0
     out = strat.compute_losses(model, batch, 0)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from balda.config import AdversarialConfig
+from balda.methods.adversarial import AdversarialConfig
 from balda.methods.adversarial import AdversarialStrategy, Discriminator, discriminator_input, gan_loss
 from balda.methods.losses import entropy_map
 
@@ -96,9 +96,8 @@ def test_which_parameters_each_optimiser_updates():
     opt_ids = {id(p) for g in st.d_optimizer.param_groups for p in g["params"]}
     assert opt_ids == d_ids
     assert st.d_optimizer.param_groups[0]["lr"] == 2e-4 and st.d_optimizer.param_groups[0]["betas"] == (0.5, 0.9)
-    # the trainer's optimiser takes strategy params that require grad and are not owned: none here
-    extra = [p for p in st.parameters() if p.requires_grad and not getattr(p, "_balda_own_opt", False)]
-    assert extra == []
+    # the trainer's optimiser takes only the strategy parameters it declares: none here (D has its own)
+    assert st.optimized_with_model() == []
     assert not (d_ids & {id(p) for p in model.parameters()})
 
 

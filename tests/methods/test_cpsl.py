@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from balda.config import CPSLConfig
+from balda.methods.cpsl import CPSLConfig
 from balda.methods.cpsl import (
     CPSLStrategy,
     MemoryBank,
@@ -30,7 +30,7 @@ from balda.methods.cpsl import (
     warp_labels,
     warp_maps,
 )
-from balda.methods.cpsl_prepare import (
+from balda.methods.cpsl.prepare import (
     PreparedError,
     check_prepared_dataset,
     load_prepared,

@@ -3,7 +3,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from balda.config import MinEntConfig
+from balda.methods.minent import MinEntConfig
 from balda.methods.minent import MinEntStrategy
 
 from .conftest import K, MEAN, STD, ConstSegmentor, RecordingWeighting, make_batch, make_model

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from balda.config import SelfTrainingConfig
+from balda.methods.self_training import SelfTrainingConfig
 from balda.methods.augment import classmix_masks, step_generator
 from balda.methods.losses import weighted_cross_entropy
 from balda.methods.self_training import (SelfTrainingStrategy, downscale_label_ratio, ema_alpha, ema_update,

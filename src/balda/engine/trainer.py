@@ -23,29 +23,25 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import signal
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from balda.core.errors import NonFiniteLossError
-from balda.core.atomic import atomic_write_text
 from balda.config import Config, save_config, to_dict
 from balda.core import dist
-from balda.core.checkpoint import (CheckpointError, atomic_save, load_checkpoint,
-                                     load_model_weights, rng_state, seed_everything, set_rng_state)
+from balda.core.atomic import atomic_write_text
+from balda.core.checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_model_weights, rng_state,
+                                   seed_everything, set_rng_state)
+from balda.core.errors import NonFiniteLossError
+from balda.core.hooks import HookBase
+from balda.engine.hooks import FaultInjection, FinalEvalAndSave, PeriodicCheckpoint, PeriodicEval, RunPlots
 from balda.engine.logger import RunLogger, read_metrics
 from balda.engine.optim import build_optimizer
 
 log = logging.getLogger("balda.train")
 
-#: Tests set BALDA_FAULT_KILL_AT_STEP=N to SIGKILL a training process right after step N (after that
-#: step's logging, evaluation and checkpoint, if any: N = ckpt_every dies just after writing last.pt).
-#: See also BALDA_FAULT_KILL_IN_SAVE in :mod:`balda.core.checkpoint`.
-_KILL_AT = int(os.environ.get("BALDA_FAULT_KILL_AT_STEP", "-1"))
-
+__all__ = ["Trainer", "train", "resolve_device", "NonFiniteLossError"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -102,12 +98,9 @@ class Trainer:
             counts = dist.main_first(lambda: class_pixel_counts(  # rank 0 fills the cache, the others read it
                 self.source_ds, cfg.model.num_classes, progress=self.progress and self.is_main)).sum(0)
         weighting = build_weighting(cfg.balancing, cfg.model.num_classes, counts)
-        imnet = None
-        if cfg.method.name == "self_training" and cfg.method.self_training.imnet_model:
-            imnet = self._imnet_model(cfg.method.self_training.imnet_model)
-        self.strategy = build_strategy(cfg, self.model, weighting, imnet_model=imnet).to(self.device)
-        extra = [p for p in self.strategy.parameters() if p.requires_grad and not getattr(p, "_balda_own_opt", False)]
-        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.train.iters, extra=extra)
+        self.strategy = build_strategy(cfg, self.model, weighting).to(self.device)
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.train.iters,
+                                                         extra=self.strategy.optimized_with_model())
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         head = cfg.balancing.gh.params == "decoder" and hasattr(self.model, "decode_head")
         self.shared = [p for p in (self.model.decode_head.parameters() if head else self.model.parameters())
@@ -124,9 +117,12 @@ class Trainer:
         self.step = 0
         self.best_miou = -1.0
         self.skipped = 0
-        self.active_store = None
-        if cfg.active.enabled:
-            self._setup_active()
+        self.logger: Optional[RunLogger] = None
+        self.final_metrics = None
+        self._loader_stale = True
+        #: Hooks around every step (:mod:`balda.engine.hooks`), the strategy's own in the middle.
+        self.hooks: list[HookBase] = [PeriodicEval(), PeriodicCheckpoint(), *self.strategy.hooks(),
+                                      FaultInjection(), FinalEvalAndSave(), RunPlots()]
         if resume:
             if self.is_main:  # orphans of a run killed while writing a checkpoint
                 for tmp in self.run_dir.glob(".*.pt.*.tmp"):
@@ -150,26 +146,6 @@ class Trainer:
             raise CheckpointError(f"--resume: checkpoint not found: {path}")
         return path
 
-    def _imnet_model(self, path: str):
-        from balda.models import build_model
-        from balda.models.weights import load_pretrained
-
-        m = build_model(self.cfg.model)
-        load_pretrained(m, path)
-        return m.to(self.device).eval().requires_grad_(False)
-
-    def _setup_active(self) -> None:
-        from balda.active.annotator import LabelStore, OracleAnnotator
-        from balda.data.datasets import build_dataset
-        from dataclasses import replace
-
-        cfg = self.cfg
-        self.active_target_ds = build_dataset(replace(cfg.data.target, labelled=True))
-        root = Path(cfg.active.out) if cfg.active.out else self.run_dir / "active"
-        self.active_store = LabelStore(root)
-        self.annotator = OracleAnnotator(self.active_target_ds)
-        self.round_steps = sorted({int(round(f * cfg.train.iters)) for f in cfg.active.rounds})
-
     def _check_distributed(self) -> None:
         from balda.config import ConfigError
         from balda.data.loaders import check_global_batch
@@ -182,10 +158,11 @@ class Trainer:
     def _loader(self):
         from balda.data.loaders import build_train_loader
 
-        uses_labels = getattr(self.strategy, "uses_target_labels", False)
-        label_filter = self.active_store.label_filter if self.active_store is not None else None
-        return build_train_loader(self.cfg, start_step=self.step, target_label_filter=label_filter,
-                                  with_target_labels=uses_labels)
+        return build_train_loader(self.cfg, start_step=self.step, **self.strategy.loader_options())
+
+    def reset_loader(self) -> None:
+        """Rebuild the training loader before the next step (a hook changed what it draws)."""
+        self._loader_stale = True
 
     # ------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -293,68 +270,38 @@ class Trainer:
         logs["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
         return logs
 
-    def _maybe_acquire(self, logger: RunLogger) -> bool:
-        """Run the active-learning round scheduled at this step; True if labels changed."""
-        if self.active_store is None or self.step not in self.round_steps:
-            return False
-        from balda.active.acquire import acquire_round
-
-        r = self.round_steps.index(self.step)
-        stats = acquire_round(self.strategy.eval_model(self.model), self.active_target_ds, self.active_store,
-                              self.cfg.active, r, len(self.round_steps), self.cfg.data.mean, self.cfg.data.std,
-                              self.device, self.annotator, progress=self.progress and self.is_main)
-        dist.barrier()
-        flat = {f"active/{k}": float(v) for k, v in stats.items() if isinstance(v, (int, float))}
-        logger.write(self.step, flat, kind="active")
-        if self.is_main:
-            from balda.active.acquire import plot_round
-
-            try:  # acquired-pixel overlays and the labelled-set class histogram of every round so far
-                plot_round(self.active_store, self.active_target_ds, self.run_dir / "plots" / f"active_round{r}.png")
-            except Exception as e:  # a plot must never stop a run
-                log.warning("could not plot acquisition round %d: %s", r, e)
-        return True
-
     def fit(self):
-        """Train to ``cfg.train.iters``; returns the final :class:`~balda.engine.evaluation.Metrics`."""
-        cfg = self.cfg
-        tcfg = cfg.train
-        logger = RunLogger(self.run_dir, tcfg.iters, self.step, tensorboard=tcfg.tensorboard,
-                           progress=self.progress and self.is_main, enabled=self.is_main, description=cfg.name)
+        """Train to ``cfg.train.iters``; returns the final :class:`~balda.engine.evaluation.Metrics`.
+
+        Per step: the hooks' ``before_step`` (an acquisition round may reset the loader), the step,
+        its logs, then the hooks' ``after_step`` (evaluation, checkpoint, fault injection); after the
+        last step the hooks' ``after_train`` (final evaluation and checkpoints, plots)."""
+        tcfg = self.cfg.train
+        self.logger = logger = RunLogger(self.run_dir, tcfg.iters, self.step, tensorboard=tcfg.tensorboard,
+                                         progress=self.progress and self.is_main, enabled=self.is_main,
+                                         description=self.cfg.name)
         try:
-            loader = iter(self._loader())
+            for h in self.hooks:
+                h.before_train(self)
+            loader = None
             while self.step < tcfg.iters:
-                if self._maybe_acquire(logger):
-                    loader = iter(self._loader())
+                for h in self.hooks:
+                    h.before_step(self)
+                if self._loader_stale or loader is None:
+                    loader, self._loader_stale = iter(self._loader()), False
                 logs = self.train_step(next(loader))
                 logger.accumulate(logs, self.step + 1)
                 self.step += 1
                 if self.step % tcfg.log_every == 0 or self.step == tcfg.iters:
                     logger.flush(self.step)
-                if tcfg.eval_every and self.step % tcfg.eval_every == 0 and self.step < tcfg.iters:
-                    self._eval_and_track(logger)
-                if tcfg.ckpt_every and self.step % tcfg.ckpt_every == 0 and self.step < tcfg.iters:
-                    self.save("last.pt")
-                    self._save_periodic()
+                for h in self.hooks:
+                    h.after_step(self)
                 logger.progress(self.step)
-                if self.step == _KILL_AT:  # fault injection for the kill/resume tests
-                    os.kill(os.getpid(), signal.SIGKILL)
-            metrics = self._eval_and_track(logger, final=True)
-            self.save("last.pt")
-            self.save("final.pt")
+            for h in self.hooks:
+                h.after_train(self)
         finally:
             logger.close()
-        if self.is_main:
-            self.write_report(metrics)
-        return metrics
-
-    def _save_periodic(self) -> None:
-        if not self.is_main or self.cfg.train.keep_ckpts <= 0:
-            return
-        self.save(f"iter_{self.step}.pt")
-        old = sorted(self.run_dir.glob("iter_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-        for p in old[: -self.cfg.train.keep_ckpts]:
-            p.unlink(missing_ok=True)
+        return self.final_metrics
 
     # ------------------------------------------------------------------------------- evaluation
     def evaluate(self, export_dir: Optional[Path] = None):
@@ -364,7 +311,10 @@ class Trainer:
                         self.cfg.data.std, device=self.device, export_dir=export_dir,
                         progress=self.progress and self.is_main, num_classes=self.cfg.model.num_classes)
 
-    def _eval_and_track(self, logger: RunLogger, final: bool = False):
+    def eval_and_track(self, final: bool = False):
+        """Evaluate (rank 0), log ``eval/*``, keep ``best.pt`` / ``best_metrics.json`` and, when
+        ``final``, ``final_metrics.json``; returns the metrics (None on other ranks)."""
+        logger = self.logger
         metrics = self.evaluate() if self.is_main else None
         if metrics is None:
             dist.barrier()

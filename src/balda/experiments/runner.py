@@ -27,7 +27,7 @@ def prepare_warmup(cell: Cell, data: Path, out: Path, quick: bool, extra: Iterab
         return [f"model.init={out / warm.name / 'final.pt'}"]
     prepared = out / f"cpsl_prepared_s{cell.seed}"
     if not (prepared / "manifest.json").is_file():
-        from balda.methods.cpsl_prepare import prepare_from_checkpoint
+        from balda.methods.cpsl.prepare import prepare_from_checkpoint
 
         over = [f"data.target.root={data / 'target'}", f"data.val.root={data / 'target'}",
                 "method.cpsl.pseudo_stride=2"]

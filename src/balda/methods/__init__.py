@@ -1,59 +1,29 @@
-"""UDA strategies: each turns a (source, target) batch into named losses (see :mod:`.base`)."""
+"""UDA strategies: each turns a (source, target) batch into named losses (see :mod:`.base`).
+
+Every strategy is registered by its own module (:func:`~balda.core.registry.register_strategy`):
+importing this package imports the built-in ones; :func:`build_strategy` looks the configured name
+up in the registry and applies the registered wrappers (active learning), so neither this package
+nor the trainer names a method.
+"""
 from __future__ import annotations
 
 from typing import Optional
 
-import torch
-
 from balda.config import Config
-from balda.methods.base import StepOutput, Strategy, WeightingFactory
+from balda.core.registry import STRATEGIES, STRATEGY_WRAPPERS
+from balda.methods import adversarial, cpsl, minent, self_training, supervised  # noqa: F401 - registration
+from balda.methods.base import StepOutput, Strategy, WeightingFactory, register_strategy
 from balda.models.base import Segmentor
 
-__all__ = ["Strategy", "StepOutput", "build_strategy"]
+__all__ = ["Strategy", "StepOutput", "build_strategy", "register_strategy"]
 
 
-def build_strategy(cfg: Config, model: Segmentor, weighting: Optional[WeightingFactory] = None,
-                   imnet_model: Optional[torch.nn.Module] = None) -> Strategy:
-    """Build the strategy named by ``cfg.method.name`` (wrapped for active learning if enabled)."""
-    name = cfg.method.name
-    K = cfg.model.num_classes
-    mean = torch.tensor(cfg.data.mean).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.data.std).view(1, 3, 1, 1)
-    seed = cfg.train.seed
-    if name == "source_only":
-        from balda.methods.supervised import SourceOnlyStrategy
-
-        strategy: Strategy = SourceOnlyStrategy(model, weighting)
-    elif name == "oracle":
-        from balda.methods.supervised import OracleStrategy
-
-        strategy = OracleStrategy(model, weighting)
-    elif name == "self_training":
-        from balda.methods.self_training import SelfTrainingStrategy
-
-        strategy = SelfTrainingStrategy(model, weighting, cfg.method.self_training, K, mean, std, seed=seed,
-                                        imnet_model=imnet_model)
-    elif name == "adversarial":
-        from balda.methods.adversarial import AdversarialStrategy
-
-        strategy = AdversarialStrategy(model, weighting, cfg.method.adversarial, K, mean, std, seed=seed,
-                                       max_iters=cfg.train.iters)
-    elif name == "minent":
-        from balda.methods.minent import MinEntStrategy
-
-        strategy = MinEntStrategy(model, weighting, cfg.method.minent, K, mean, std, seed=seed)
-    elif name == "cpsl":
-        from balda.methods.cpsl import CPSLStrategy
-
-        strategy = CPSLStrategy(model, weighting, cfg.method.cpsl, K, mean, std, seed=seed)
-    elif name == "distill":
-        from balda.methods.distill import DistillStrategy
-
-        strategy = DistillStrategy(model, weighting, cfg.method.distill, K, mean, std, seed=seed)
-    else:  # pragma: no cover - Literal-validated by the config
-        raise ValueError(f"method.name: unknown strategy {name!r}")
-    if cfg.active.enabled:
-        from balda.methods.active import ActiveStrategy
-
-        strategy = ActiveStrategy(strategy, model, weighting, cfg.active)
+def build_strategy(cfg: Config, model: Segmentor, weighting: Optional[WeightingFactory] = None) -> Strategy:
+    """The strategy registered as ``cfg.method.name``, built by its ``from_config``, then wrapped by
+    every registered wrapper whose condition holds (``active.enabled`` -> active learning)."""
+    spec = STRATEGIES.get(cfg.method.name, "method.name")
+    strategy = spec.cls.from_config(cfg, model, weighting)
+    for _, wrapper in STRATEGY_WRAPPERS.items():
+        if wrapper.enabled(cfg):
+            strategy = wrapper.wrap(strategy, cfg, model, weighting)
     return strategy

@@ -19,25 +19,38 @@ on segmentation *outputs*, upsampled (bilinear) to the label/image resolution as
   ``L_D = 1/2 BCE(D(m(x_s)), 0) + 1/2 BCE(D(m(x_t)), 1)`` (LSGAN: MSE), one Adam step
   (lr 1e-4, betas (0.9, 0.99)), optionally with AdvEnt's poly decay of D's learning rate.
 
-D and its optimiser are owned by the strategy: D's parameters carry ``_balda_own_opt = True`` (the
-trainer's optimiser skips them) and the optimiser state is saved through
+D and its optimiser are owned by the strategy: D is not among :meth:`Strategy.optimized_with_model`
+(the trainer's optimiser never sees it) and the optimiser state is saved through
 ``get_extra_state``/``set_extra_state``, so the strategy's ``state_dict`` restores both.
 """
 from __future__ import annotations
 
 import copy
 import math
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from balda.balancing.class_weights import logged_weights
-from balda.config import AdversarialConfig
-from balda.methods.base import StepOutput, Strategy, WeightingFactory
-from balda.methods.losses import entropy_map, resize_logits, weighted_cross_entropy
+from balda.methods.base import StepOutput, Strategy, WeightingFactory, register_strategy
+from balda.methods.losses import entropy_map, resize_logits
 from balda.models.base import Segmentor
+
+
+@dataclass
+class AdversarialConfig:
+    """Output-space adversarial alignment (AdaptSegNet on softmax, AdvEnt on self-information)."""
+
+    input: Literal["entropy", "softmax"] = "entropy"
+    gan: Literal["bce", "lsgan"] = "bce"
+    lambda_adv: float = 0.001
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    ndf: int = 64
+    #: Add MinEnt on the target besides the adversarial loss (AdvEnt "AdvEnt+MinEnt"); 0 = off.
+    lambda_ent: float = 0.0
 
 __all__ = ["Discriminator", "AdversarialStrategy", "discriminator_input", "gan_loss", "SOURCE_LABEL",
            "TARGET_LABEL"]
@@ -92,6 +105,8 @@ def gan_loss(d_out: torch.Tensor, label: float, gan: str = "bce") -> torch.Tenso
     raise ValueError(f"gan must be 'bce' or 'lsgan', got {gan!r}")
 
 
+@register_strategy("adversarial", config=AdversarialConfig,
+                   description="output-space adversarial alignment (AdaptSegNet / AdvEnt)")
 class AdversarialStrategy(Strategy):
     """AdaptSegNet / AdvEnt output-space alignment (see module docstring).
 
@@ -103,7 +118,7 @@ class AdversarialStrategy(Strategy):
 
     def __init__(self, model: Segmentor, weighting: Optional[WeightingFactory], cfg: AdversarialConfig,
                  num_classes: int, mean=None, std=None, seed: int = 0, max_iters: Optional[int] = None,
-                 d_poly_power: float = 0.9, **extras):
+                 d_poly_power: float = 0.9):
         super().__init__(model, weighting)
         self.cfg = cfg
         self.num_classes = int(num_classes)
@@ -111,13 +126,16 @@ class AdversarialStrategy(Strategy):
         self.max_iters = max_iters
         self.d_poly_power = float(d_poly_power)
         self.discriminator = Discriminator(self.num_classes, cfg.ndf)
-        for p in self.discriminator.parameters():
-            p._balda_own_opt = True  # trained by d_optimizer only, never by the trainer's optimiser
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
-        self.source_weighting = self.make_weighting("source")
+        self.source_ce = self.make_ce("source")
         self._maps: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
     # ------------------------------------------------------------------------ optimiser state
+    @classmethod
+    def from_config(cls, cfg, model, weighting=None):
+        return cls(model, weighting, cfg.method.adversarial, cfg.model.num_classes, seed=cfg.train.seed,
+                   max_iters=cfg.train.iters)
+
     def get_extra_state(self):
         return {"d_optimizer": self.d_optimizer.state_dict()}
 
@@ -144,14 +162,10 @@ class AdversarialStrategy(Strategy):
         cfg = self.cfg
         src, tgt = batch["source"], batch["target"]
         xs, ys, xt = src["image"], src["label"], tgt["image"]
-        logs: dict[str, torch.Tensor] = {}
-
         out_s = model(xs)
         up_s = resize_logits(out_s.logits, ys.shape[-2:])
-        w_src = self.source_weighting(up_s.detach(), ys) if self.source_weighting is not None else None
-        if w_src is not None:
-            logs["weights/source"] = logged_weights(w_src, ys)
-        losses = {"source.ce": weighted_cross_entropy(up_s, ys, class_weights=w_src)}
+        src_ce, logs = self.source_ce(up_s, ys)
+        losses = {"source.ce": src_ce}
         weights = {"target.adv": cfg.lambda_adv}
 
         out_t = model(xt)

@@ -1,4 +1,5 @@
-"""Batch augmentations of the self-training strategies: ClassMix, colour jitter, Gaussian blur.
+"""Batch augmentations of the self-training strategies: ClassMix, colour jitter, Gaussian blur, affine
+warps (CPSL's strong view) and CutMix boxes.
 
 All functions are vectorised tensor operations on whole batches, run on the batch's device and
 draw their randomness from an explicit :class:`torch.Generator` (see :func:`step_generator`), so a
@@ -25,15 +26,17 @@ References
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from balda.data.labels import IGNORE_INDEX
 from balda.core import dist
+from balda.data.labels import IGNORE_INDEX
 
 __all__ = ["step_generator", "batch_rand", "classmix_masks", "mix", "color_jitter", "gaussian_blur", "denormalize",
-           "renormalize"]
+           "renormalize", "random_affine", "crop_theta", "affine_grid", "warp_images", "warp_labels", "warp_maps",
+           "random_boxes", "box_masks"]
 
 _MASK64 = (1 << 63) - 1
 
@@ -223,3 +226,107 @@ def gaussian_blur(images: torch.Tensor, generator: torch.Generator | None = None
         wx = _gauss_kernels(sigma, kw).to(dt).repeat_interleave(C, dim=0).view(B * C, 1, 1, kw)
         x = F.conv2d(F.pad(x, (kw // 2, kw // 2, 0, 0), mode="reflect"), wx, groups=B * C)
     return torch.where(apply.view(B, 1, 1, 1), x.reshape(B, C, H, W), images)
+
+
+# ----------------------------------------------------------------------------------- geometry
+def random_affine(batch: int, generator: Optional[torch.Generator], device, aspect: float = 1.0,
+                  scale: tuple[float, float] = (0.75, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                  max_rotate: float = 10.0, flip_p: float = 0.5) -> torch.Tensor:
+    """Random affine warps ``theta`` (B, 2, 3) mapping output to input normalised coordinates
+    (``F.affine_grid`` convention, align_corners=False).
+
+    Per image: side fraction ``s ~ U(scale)``, aspect ``a = exp(U(log ratio))``, crop size
+    ``(s_x, s_y) = (min(s sqrt a, 1), min(s / sqrt a, 1))``, centre ``t ~ U(+-(1 - s))`` (crop inside
+    the image), rotation ``phi ~ U(+-max_rotate)`` degrees (a rotation in *pixel* space for an image
+    of width/height ``aspect``), horizontal flip ``f = -1`` with probability ``flip_p``:
+    ``x_in = t + D^-1 R(phi) D diag(f s_x, s_y) x_out`` with ``D = diag(aspect, 1)``.
+    """
+    u = batch_rand(batch, 6, generator, device)
+    s = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    a = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1])
+    sx = (s * a.sqrt()).clamp(max=1.0)
+    sy = (s / a.sqrt()).clamp(max=1.0)
+    tx = (2 * u[:, 2] - 1) * (1 - sx)
+    ty = (2 * u[:, 3] - 1) * (1 - sy)
+    phi = (2 * u[:, 4] - 1) * (max_rotate * math.pi / 180.0)
+    f = torch.where(u[:, 5] < flip_p, -torch.ones_like(sx), torch.ones_like(sx))
+    c, sn = torch.cos(phi), torch.sin(phi)
+    theta = torch.stack([
+        torch.stack([c * f * sx, -sn / aspect * sy, tx], dim=1),
+        torch.stack([sn * aspect * f * sx, c * sy, ty], dim=1),
+    ], dim=1)
+    return theta
+
+
+def crop_theta(boxes: Optional[torch.Tensor], flip: Optional[torch.Tensor], batch: int, device) -> torch.Tensor:
+    """``theta`` (B,2,3) sampling a crop ``(y0, x0, y1, x1)`` (fractions of the full image) then an
+    optional horizontal flip, from the full map; identity where ``boxes`` is None."""
+    if boxes is None:
+        boxes = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device).expand(batch, 4)
+    b = boxes.to(device=device, dtype=torch.float32)
+    y0, x0, y1, x1 = b.unbind(1)
+    fx = torch.ones_like(x0) if flip is None else 1.0 - 2.0 * flip.to(device=device, dtype=torch.float32)
+    zero = torch.zeros_like(x0)
+    return torch.stack([
+        torch.stack([(x1 - x0) * fx, zero, x0 + x1 - 1], dim=1),
+        torch.stack([zero, y1 - y0, y0 + y1 - 1], dim=1),
+    ], dim=1)
+
+
+def affine_grid(theta: torch.Tensor, size, dtype) -> torch.Tensor:
+    """Sampling grid (B, H, W, 2) of the affine maps ``theta`` (B, 2, 3) for an output of ``size``."""
+    B = theta.shape[0]
+    return F.affine_grid(theta.to(dtype), [B, 1, int(size[0]), int(size[1])], align_corners=False)
+
+
+def warp_images(images: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """``out(x) = images(theta x)`` by ``grid_sample`` (zero padding: the mean colour for normalised
+    images)."""
+    grid = affine_grid(theta, images.shape[-2:], images.dtype)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def warp_labels(labels: torch.Tensor, theta: torch.Tensor, ignore: int = IGNORE_INDEX,
+                size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    """Warp (B,H,W) integer labels with the same geometry as :func:`warp_images` (nearest sampling;
+    positions sampled outside the input get ``ignore``). ``size`` = output (h, w), default (H, W)."""
+    size = tuple(labels.shape[-2:]) if size is None else size
+    grid = affine_grid(theta, size, torch.float32)
+    both = torch.stack([labels.float(), torch.ones_like(labels, dtype=torch.float32)], dim=1)
+    out = F.grid_sample(both, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    lab = out[:, 0].round().long()
+    return torch.where(out[:, 1] > 0.5, lab, torch.full_like(lab, ignore))
+
+
+def warp_maps(maps: torch.Tensor, theta: torch.Tensor, size: Optional[tuple[int, int]] = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp (B,C,h,w) continuous maps (bilinear, border padding) with the geometry of
+    :func:`warp_images`; returns the warped maps and a (B, h', w') bool mask of the positions whose
+    sampling point lies inside the input."""
+    size = tuple(maps.shape[-2:]) if size is None else size
+    grid = affine_grid(theta, size, maps.dtype)
+    out = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    valid = (grid.abs() <= 1.0).all(dim=-1)
+    return out, valid
+
+
+def random_boxes(batch: int, generator: Optional[torch.Generator], device, p: float) -> torch.Tensor:
+    """CutMix boxes (Yun et al. 2019) as fractions ``(y0, x0, y1, x1)`` (B,4): ``lam ~ U(0,1)``,
+    side fraction ``sqrt(1 - lam)``, uniform centre, clipped to the image; an image is mixed with
+    probability ``p`` (otherwise its box is empty)."""
+    u = batch_rand(batch, 4, generator, device)
+    side = torch.sqrt(1.0 - u[:, 0])
+    cy, cx = u[:, 1], u[:, 2]
+    use = (u[:, 3] < p).float()
+    half = side / 2 * use
+    return torch.stack([(cy - half).clamp(0, 1), (cx - half).clamp(0, 1), (cy + half).clamp(0, 1),
+                        (cx + half).clamp(0, 1)], dim=1)
+
+
+def box_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) bool: pixel centres ``((y+0.5)/h, (x+0.5)/w)`` inside ``[y0, y1) x [x0, x1)``."""
+    h, w = int(size[0]), int(size[1])
+    yc = (torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5) / h
+    xc = (torch.arange(w, device=boxes.device, dtype=torch.float32) + 0.5) / w
+    y0, x0, y1, x1 = (v[:, None, None] for v in boxes.float().unbind(1))
+    return (yc[None, :, None] >= y0) & (yc[None, :, None] < y1) & (xc[None, None, :] >= x0) & (xc[None, None, :] < x1)

@@ -13,28 +13,80 @@ optimiser via ``get_extra_state``) as submodules, so ``state_dict`` checkpoints 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import nn
 
+from balda.core.registry import register_strategy
 from balda.core.types import StepOutput, WeightingFactory
 from balda.models.base import Segmentor
 
+if TYPE_CHECKING:  # pragma: no cover
+    from balda.config import Config
+
+__all__ = ["Strategy", "StepOutput", "WeightingFactory", "register_strategy", "unwrap"]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The segmentor inside a DDP (or DataParallel) wrapper, or the model itself."""
+    return getattr(model, "module", model)
+
+
 class Strategy(nn.Module):
-    """Base class of UDA strategies (see module docstring)."""
+    """Base class of UDA strategies (see module docstring).
+
+    A strategy is registered with :func:`register_strategy` (name, config dataclass) and built by
+    :meth:`from_config`, which receives the whole run config and builds whatever the method needs
+    (its teacher, an ImageNet model, prepared files); the trainer never names a method. Besides
+    :meth:`compute_losses`, a strategy tells the trainer what it needs through:
+
+    * :meth:`optimized_with_model` - its own parameters trained by the segmentor's optimiser (CPSL's
+      prototypes); parameters with their own optimiser (a discriminator) are not listed;
+    * :meth:`hooks` - trainer hooks (:class:`balda.core.hooks.HookBase`), e.g. acquisition rounds;
+    * :meth:`loader_options` - options of the training loader (target labels, a label filter);
+    * :meth:`after_step`, :meth:`eval_model`.
+    """
 
     #: Whether the strategy reads target labels (only the oracle and active learning do).
     uses_target_labels: bool = False
+    #: The name it is registered under (set by :func:`register_strategy`).
+    registered_name: str = ""
 
     def __init__(self, model: Segmentor, weighting: WeightingFactory | None = None):
         super().__init__()
         self._weighting_factory = weighting or (lambda term: None)
         self.num_classes = model.num_classes
 
+    @classmethod
+    def from_config(cls, cfg: "Config", model: Segmentor, weighting: WeightingFactory | None = None) -> "Strategy":
+        """Build the strategy for ``cfg`` (default: ``cls(model, weighting)``); strategies with options
+        read them from ``cfg.method.<name>``."""
+        return cls(model, weighting)
+
     def make_weighting(self, term: str) -> Optional[nn.Module]:
         """Class weighting for loss term ``term`` (or None); register the result as a submodule."""
         return self._weighting_factory(term)
+
+    def make_ce(self, term: str) -> nn.Module:
+        """The cross-entropy of loss term ``term`` with its class weighting and logging
+        (:class:`~balda.methods.losses.WeightedCE`); assign it to an attribute."""
+        from balda.methods.losses import WeightedCE
+
+        return WeightedCE(term, self.make_weighting(term))
+
+    def optimized_with_model(self) -> list[nn.Parameter]:
+        """The strategy's own parameters trained by the segmentor's optimiser (default: none)."""
+        return []
+
+    def hooks(self) -> list[Any]:
+        """Trainer hooks this strategy needs (:class:`balda.core.hooks.HookBase`; default: none)."""
+        return []
+
+    def loader_options(self) -> dict[str, Any]:
+        """Keyword options of :func:`balda.data.loaders.build_train_loader` (target labels when
+        :attr:`uses_target_labels`)."""
+        return {"with_target_labels": self.uses_target_labels}
 
     def compute_losses(self, model: Segmentor, batch: dict, step: int) -> StepOutput:  # pragma: no cover
         raise NotImplementedError

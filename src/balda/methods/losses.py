@@ -5,9 +5,11 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from balda.data.labels import IGNORE_INDEX
+from balda.balancing.class_weights import logged_weights
 from balda.core import dist
+from balda.data.labels import IGNORE_INDEX
 
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -66,3 +68,31 @@ def entropy_map(logits: torch.Tensor, normalise: bool = True) -> torch.Tensor:
     if normalise:
         ent = ent / torch.log(torch.tensor(float(logits.shape[1]), device=logits.device))
     return ent
+
+
+class WeightedCE(nn.Module):
+    """The cross-entropy of one loss term with that term's class weighting: every CE of every strategy.
+
+    ``forward(logits, labels, pixel_weights=None) -> (loss, logs)``: the logits are upsampled
+    bilinearly to the label size; when the term has a class weighting (GBW, inverse frequency, ...,
+    see :func:`balda.balancing.class_weights.build_weighting`) its weights are computed from the
+    detached upsampled logits and the labels, ``w = weighting(z.detach(), y)``; then
+    ``L = (1/|V|) sum_{i in V} w_{y_i} m_i CE_i`` (:func:`weighted_cross_entropy`, ``m`` the pixel
+    weights). ``logs`` holds ``weights/<term>`` (the weights, NaN for classes absent from the labels,
+    :func:`~balda.balancing.class_weights.logged_weights`) when there are weights.
+
+    The weighting is a submodule, so its state (GBW's EMA) is checkpointed with the strategy.
+    """
+
+    def __init__(self, term: str, weighting: Optional[nn.Module] = None):
+        super().__init__()
+        self.term = term
+        self.weighting = weighting
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor,
+                pixel_weights: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        up = resize_logits(logits, labels.shape[-2:])
+        w = self.weighting(up.detach(), labels) if self.weighting is not None else None
+        loss = weighted_cross_entropy(up, labels, class_weights=w, pixel_weights=pixel_weights)
+        return loss, ({f"weights/{self.term}": logged_weights(w, labels)} if w is not None else {})
+

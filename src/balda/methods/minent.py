@@ -11,44 +11,47 @@ Losses per step:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
-import torch
 
-from balda.balancing.class_weights import logged_weights
-from balda.config import MinEntConfig
-from balda.methods.base import StepOutput, Strategy, WeightingFactory
-from balda.methods.losses import entropy_map, resize_logits, weighted_cross_entropy
+from balda.methods.base import StepOutput, Strategy, WeightingFactory, register_strategy
+from balda.methods.losses import entropy_map, resize_logits
 from balda.models.base import Segmentor
+
+
+@dataclass
+class MinEntConfig:
+    lambda_ent: float = 0.001
 
 __all__ = ["MinEntStrategy"]
 
 
+@register_strategy("minent", config=MinEntConfig, description="entropy minimisation on the target (AdvEnt's MinEnt)")
 class MinEntStrategy(Strategy):
     """``MinEntStrategy(model, weighting, cfg, num_classes, mean, std, seed=0)`` (see module docstring)."""
 
     def __init__(self, model: Segmentor, weighting: Optional[WeightingFactory], cfg: MinEntConfig,
-                 num_classes: int, mean=None, std=None, seed: int = 0, **extras):
+                 num_classes: int, mean=None, std=None, seed: int = 0):
         super().__init__(model, weighting)
         self.cfg = cfg
         self.num_classes = int(num_classes)
         self.seed = int(seed)  # deterministic strategy; kept for the common signature
-        self.source_weighting = self.make_weighting("source")
+        self.source_ce = self.make_ce("source")
+
+    @classmethod
+    def from_config(cls, cfg, model, weighting=None):
+        return cls(model, weighting, cfg.method.minent, cfg.model.num_classes, seed=cfg.train.seed)
 
     def compute_losses(self, model: Segmentor, batch: dict, step: int) -> StepOutput:
         src, tgt = batch["source"], batch["target"]
-        ys = src["label"]
-        logs: dict[str, torch.Tensor] = {}
-        up_s = resize_logits(model(src["image"]).logits, ys.shape[-2:])
-        w_src = self.source_weighting(up_s.detach(), ys) if self.source_weighting is not None else None
-        if w_src is not None:
-            logs["weights/source"] = logged_weights(w_src, ys)
+        src_ce, logs = self.source_ce(model(src["image"]).logits, src["label"])
         size_t = tuple(tgt["label"].shape[-2:]) if "label" in tgt else tuple(tgt["image"].shape[-2:])
         up_t = resize_logits(model(tgt["image"]).logits, size_t)
         ent = entropy_map(up_t).mean()
         logs["minent/target_entropy"] = ent.detach()
         return StepOutput(
-            losses={"source.ce": weighted_cross_entropy(up_s, ys, class_weights=w_src), "target.ent": ent},
+            losses={"source.ce": src_ce, "target.ent": ent},
             weights={"target.ent": self.cfg.lambda_ent},
             task=("source.ce",),
             logs=logs,

@@ -42,48 +42,48 @@ Valpola, "Mean teachers", NeurIPS 2017.
 """
 from __future__ import annotations
 
-import copy
-from typing import Optional
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal, Optional
 
 import torch
 from torch import nn
 
-from balda.balancing.class_weights import logged_weights
-from balda.config import SelfTrainingConfig
 from balda.data.labels import IGNORE_INDEX
 from balda.methods.augment import classmix_masks, color_jitter, gaussian_blur, mix, step_generator
-from balda.methods.base import StepOutput, Strategy, WeightingFactory
-from balda.methods.losses import masked_mean, resize_logits, weighted_cross_entropy
+from balda.methods.base import StepOutput, Strategy, WeightingFactory, register_strategy, unwrap
+from balda.methods.teachers import TeacherMixin, ema_alpha, ema_update, frozen_copy
+from balda.methods.losses import masked_mean, resize_logits
 from balda.models.base import Segmentor
+
+
+@dataclass
+class SelfTrainingConfig:
+    """Mean-teacher self-training with ClassMix (DACS / DAFormer), specs/baselines.md."""
+
+    ema_alpha: float = 0.999
+    pseudo_threshold: float = 0.968
+    #: Pseudo-label pixel weight: ``image`` = share of confident pixels of the image (DACS);
+    #: ``pixel`` = 1 where the teacher's confidence >= pseudo_threshold, else 0 (FixMatch-style).
+    pseudo_weight: Literal["image", "pixel"] = "image"
+    #: Ignore the top/bottom rows of the pseudo-label (DAFormer: 15 / 120 on 512 crops).
+    ignore_top: int = 0
+    ignore_bottom: int = 0
+    mix: Literal["classmix", "none"] = "classmix"
+    color_jitter_strength: float = 0.2
+    #: DACS/DAFormer convention (their code jitters when u > p): the mixed image is colour-jittered
+    #: with probability ``1 - color_jitter_p`` (0.8 at the default 0.2).
+    color_jitter_p: float = 0.2
+    blur: bool = True
+    lambda_target: float = 1.0
+    #: ImageNet feature distance (DAFormer); active when ``imnet_model`` is a weights path.
+    fdist_lambda: float = 0.005
+    fdist_classes: list[int] = field(default_factory=lambda: [6, 7, 11, 12, 13, 14, 15, 16, 17, 18])
+    fdist_scale_min_ratio: float = 0.75
+    imnet_model: Optional[str] = None
 
 __all__ = ["SelfTrainingStrategy", "ema_alpha", "ema_update", "pseudo_label", "mixed_targets",
            "downscale_label_ratio", "feature_distance"]
-
-
-def ema_alpha(step: int, cap: float) -> float:
-    """``a_t = min(1 - 1/(t + 1), cap)`` for the 0-based iteration index ``t``."""
-    return min(1.0 - 1.0 / (int(step) + 1), float(cap))
-
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
-    """``theta' <- alpha theta' + (1 - alpha) theta`` for every parameter and floating buffer
-    (integer buffers, e.g. BatchNorm's ``num_batches_tracked``, are copied). Fused foreach ops,
-    no host sync."""
-    tp, sp = list(teacher.parameters()), list(student.parameters())
-    if len(tp) != len(sp):
-        raise RuntimeError(f"EMA teacher has {len(tp)} parameters, the student {len(sp)}")
-    if tp:
-        torch._foreach_mul_(tp, alpha)
-        torch._foreach_add_(tp, sp, alpha=1.0 - alpha)
-    tb, sb = list(teacher.buffers()), list(student.buffers())
-    if len(tb) != len(sb):
-        raise RuntimeError(f"EMA teacher has {len(tb)} buffers, the student {len(sb)}")
-    for t, s in zip(tb, sb):
-        if t.is_floating_point():
-            t.mul_(alpha).add_(s, alpha=1.0 - alpha)
-        else:
-            t.copy_(s)
 
 
 def pseudo_label(logits: torch.Tensor, size: tuple[int, int], threshold: float, ignore_top: int = 0,
@@ -166,18 +166,9 @@ def _last_feature(out) -> torch.Tensor:
     return out[-1]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
-def _ce_term(logits, labels, weighting, pixel_weights=None):
-    """Weighted CE at label resolution and the class weights (or None) from ``weighting``."""
-    up = resize_logits(logits, labels.shape[-2:])
-    weights = weighting(up.detach(), labels) if weighting is not None else None
-    return weighted_cross_entropy(up, labels, class_weights=weights, pixel_weights=pixel_weights), weights
-
-
-class SelfTrainingStrategy(Strategy):
+@register_strategy("self_training", config=SelfTrainingConfig,
+                   description="mean-teacher self-training with ClassMix (DACS / DAFormer)")
+class SelfTrainingStrategy(TeacherMixin, Strategy):
     """DACS/DAFormer self-training (see module docstring).
 
     ``SelfTrainingStrategy(model, weighting, cfg, num_classes, mean, std, seed=0, imnet_model=None)``
@@ -193,7 +184,7 @@ class SelfTrainingStrategy(Strategy):
     """
 
     def __init__(self, model: Segmentor, weighting: Optional[WeightingFactory], cfg: SelfTrainingConfig,
-                 num_classes: int, mean, std, seed: int = 0, imnet_model: Optional[nn.Module] = None, **extras):
+                 num_classes: int, mean, std, seed: int = 0, imnet_model: Optional[nn.Module] = None):
         super().__init__(model, weighting)
         self.cfg = cfg
         self.num_classes = int(num_classes)
@@ -202,11 +193,9 @@ class SelfTrainingStrategy(Strategy):
                              persistent=False)
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1).clone(),
                              persistent=False)
-        self.teacher = copy.deepcopy(_unwrap(model))
-        self.teacher.requires_grad_(False)
-        self.teacher.eval()
-        self.source_weighting = self.make_weighting("source")
-        self.target_weighting = self.make_weighting("target")
+        self.teacher = frozen_copy(model)
+        self.source_ce = self.make_ce("source")
+        self.target_ce = self.make_ce("target")
         self._imnet: tuple[nn.Module, ...] = ()
         if imnet_model is not None:
             imnet_model.eval().requires_grad_(False)
@@ -217,11 +206,21 @@ class SelfTrainingStrategy(Strategy):
         self.register_buffer("fdist_lut", lut, persistent=False)
         self._fdist_all = len(cfg.fdist_classes) == 0
 
-    # ------------------------------------------------------------------------------------ modes
-    def train(self, mode: bool = True):  # noqa: D401 - nn.Module API
-        super().train(mode)
-        self.teacher.eval()
-        return self
+    @classmethod
+    def from_config(cls, cfg, model, weighting=None):
+        """With ``method.self_training.imnet_model`` set (a weights path, or ``imagenet`` for a
+        backbone whose weights come with a package), the frozen ImageNet model of the feature
+        distance is built like the segmentor and loaded from it."""
+        st = cfg.method.self_training
+        imnet = None
+        if st.imnet_model:
+            from balda.models import build_model
+            from balda.models.weights import load_pretrained
+
+            imnet = build_model(dataclasses.replace(cfg.model, pretrained=None, init=None))
+            load_pretrained(imnet, st.imnet_model)
+        return cls(model, weighting, st, cfg.model.num_classes, cfg.data.mean, cfg.data.std, seed=cfg.train.seed,
+                   imnet_model=imnet)
 
     @property
     def imnet_model(self) -> Optional[nn.Module]:
@@ -265,15 +264,14 @@ class SelfTrainingStrategy(Strategy):
         captured: list = []
         hook = None
         if self.fdist_enabled:
-            hook = _unwrap(model).backbone.register_forward_hook(lambda m, i, o: captured.append(o))
+            hook = unwrap(model).backbone.register_forward_hook(lambda m, i, o: captured.append(o))
         try:
             out_s = model(xs)
         finally:
             if hook is not None:
                 hook.remove()
-        losses["source.ce"], w_src = _ce_term(out_s.logits, ys, self.source_weighting)
-        if w_src is not None:
-            logs["weights/source"] = logged_weights(w_src, ys)
+        losses["source.ce"], ce_logs = self.source_ce(out_s.logits, ys)
+        logs.update(ce_logs)
 
         # 5. ImageNet feature distance on thing classes
         if self.fdist_enabled:
@@ -315,10 +313,9 @@ class SelfTrainingStrategy(Strategy):
 
         # 4. mixed pseudo-label CE
         out_m = model(x_mix)
-        losses["target.ce"], w_tgt = _ce_term(out_m.logits, y_mix, self.target_weighting, pixel_weights=w_mix)
+        losses["target.ce"], ce_logs = self.target_ce(out_m.logits, y_mix, pixel_weights=w_mix)
         weights["target.ce"] = cfg.lambda_target
-        if w_tgt is not None:
-            logs["weights/target"] = logged_weights(w_tgt, y_mix)
+        logs.update(ce_logs)
 
         logs["st/pseudo_conf"] = q.mean()
         logs["st/ema_alpha"] = torch.tensor(self.current_alpha(step))
@@ -328,5 +325,5 @@ class SelfTrainingStrategy(Strategy):
     # -------------------------------------------------------------------------------- post-step
     def after_step(self, model: Segmentor, step: int) -> dict[str, torch.Tensor]:
         """EMA update of the teacher with ``a_t = min(1 - 1/(t+1), ema_alpha)``."""
-        ema_update(self.teacher, _unwrap(model), self.current_alpha(step))
+        ema_update(self.teacher, unwrap(model), self.current_alpha(step))
         return {}

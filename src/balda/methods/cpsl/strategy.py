@@ -1,8 +1,8 @@
-"""CPSL: class-balanced pixel-level self-labeling (specs/cpsl.md).
+"""CPSL stage 1: class-balanced pixel-level self-labeling.
 
 Stage 1 of Li et al., "Class-Balanced Pixel-Level Self-Labeling for Domain Adaptive Semantic
 Segmentation", CVPR 2022 (CPSL). Self-training on fixed soft pseudo-labels ``p0`` of a warm-up
-model (prepared offline, :mod:`balda.methods.cpsl_prepare`), *rectified* by an online clustering of
+model (prepared offline, :mod:`balda.methods.cpsl.prepare`), *rectified* by an online clustering of
 target pixels onto ``K`` learnable class prototypes; the clustering is made class-balanced by
 optimal transport whose class marginal is the prior ``r`` of the pseudo-labels.
 
@@ -47,7 +47,7 @@ cross-entropy (Wang et al., ICCV 2019): ``RCE_i = -log(1e-4) (1 - p_{i,y_i})``.
 
 Deviations, documented: the prototype score map is upsampled (K channels) instead of the
 2048-channel features; the teacher runs in eval mode with BatchNorm statistics EMA-updated
-(:func:`~balda.methods.self_training.ema_update`); the strong view uses an affine warp + colour
+(:func:`~balda.methods.teachers.ema_update`); the strong view uses an affine warp + colour
 jitter/blur instead of RandAugment; CutMix is drawn per image; the memory banks are used as soon as
 they hold samples (the released code waits until they are full).
 
@@ -59,170 +59,53 @@ Without them ``p0`` is taken to cover the whole target image, unflipped.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
-from typing import NamedTuple, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from balda.balancing.class_weights import logged_weights
-from balda.config import CPSLConfig
 from balda.data.labels import IGNORE_INDEX
-from balda.methods.augment import batch_rand, color_jitter, gaussian_blur, mix, step_generator
-from balda.methods.base import StepOutput, Strategy, WeightingFactory
-from balda.methods.losses import masked_mean, resize_logits, weighted_cross_entropy
+from balda.methods.augment import (affine_grid, batch_rand, box_masks, color_jitter, crop_theta, gaussian_blur, mix,
+                                   random_affine, random_boxes, step_generator, warp_images, warp_labels, warp_maps)
+from balda.methods.base import StepOutput, Strategy, WeightingFactory, register_strategy, unwrap
+from balda.methods.cpsl.clustering import MemoryBank, SelfLabelingHead, prototype_consistency, self_labeling_loss
+from balda.methods.losses import masked_mean, resize_logits
+from balda.methods.teachers import TeacherMixin, ema_update, frozen_copy
 from balda.models.base import Segmentor
-
-try:  # the shared EMA helper of the mean-teacher strategy
-    from balda.methods.self_training import ema_update
-except ImportError:  # pragma: no cover - fallback while self_training is absent
-    @torch.no_grad()
-    def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
-        for t, s in zip(teacher.parameters(), student.parameters()):
-            t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
-        for t, s in zip(teacher.buffers(), student.buffers()):
-            if t.is_floating_point():
-                t.mul_(alpha).add_(s, alpha=1.0 - alpha)
-            else:
-                t.copy_(s)
 
 log = logging.getLogger("balda.cpsl")
 
-__all__ = ["sinkhorn_balanced", "MemoryBank", "SelfLabelingHead", "rectify", "rce_loss", "random_affine",
-           "crop_theta", "warp_images", "warp_labels", "warp_maps", "random_boxes", "box_masks",
-           "self_labeling_loss", "prototype_consistency", "distill_losses", "DistillLosses",
-           "flip_averaged_logits", "SoftLabelStore", "CPSLStrategy"]
+__all__ = ["CPSLConfig", "CPSLStrategy", "SoftLabelStore", "rectify", "rce_loss", "RCE_A"]
 
 #: -log(1e-4): the RCE constant (log of the clamped zero entries of the one-hot label).
 RCE_A = -math.log(1e-4)
 
+@dataclass
+class CPSLConfig:
+    """Class-balanced pixel-level self-labeling (specs/cpsl.md)."""
 
-# -------------------------------------------------------------------------------------- Sinkhorn
-@torch.no_grad()
-def sinkhorn_balanced(scores: torch.Tensor, r: torch.Tensor, epsilon: float = 0.05, n_iter: int = 3) -> torch.Tensor:
-    """Class-balanced Sinkhorn-Knopp assignments (CPSL; SwAV with the row marginal ``r``).
-
-    ``scores`` (N, K) -> ``Q`` (N, K) with rows summing to 1: with ``Q = exp(S^T/eps)`` (K x N),
-    ``Q /= sum Q``, then ``n_iter`` times ``Q_kj <- Q_kj r_k / sum_j Q_kj`` (rows to ``r``) and
-    ``Q_kj <- Q_kj / (N sum_k Q_kj)`` (columns to ``1/N``); return ``N Q^T``. As ``n_iter`` grows the
-    class marginal ``(1/N) sum_i Q_ik`` tends to ``r_k`` (``r`` is normalised to sum 1 here).
-    With ``r = 1/K`` this is SwAV's Sinkhorn (Caron et al. 2020).
-
-    Computed in float64 in the log domain (row/column scalings are log-sum-exp subtractions), so it
-    is finite for any finite scores and small ``epsilon``; classes with ``r_k = 0`` get 0. No grad.
-    """
-    S = scores.detach().to(torch.float64)
-    N, K = S.shape
-    r64 = r.detach().to(device=S.device, dtype=torch.float64).reshape(K)
-    r64 = r64 / r64.sum()
-    logr = torch.log(r64)[:, None]  # -inf for empty classes
-    pos = (r64 > 0)[:, None]
-    neg_inf = torch.tensor(float("-inf"), dtype=torch.float64, device=S.device)
-    L = S.t() / float(epsilon)  # (K, N) log Q
-    L = L - torch.logsumexp(L.reshape(-1), dim=0)
-    log_n = math.log(N)
-    for _ in range(int(n_iter)):
-        L = L + torch.where(pos, logr - torch.logsumexp(L, dim=1, keepdim=True), neg_inf)
-        L = L - torch.logsumexp(L, dim=0, keepdim=True) - log_n
-    return torch.exp(L + log_n).t().to(scores.dtype if scores.is_floating_point() else torch.float32)
-
-
-# ----------------------------------------------------------------------------------- memory bank
-class MemoryBank(nn.Module):
-    """FIFO memory of the last ``size`` vectors of dimension ``dim`` (a ring buffer).
-
-    :meth:`push` writes at the pointer with wrap-around (when more than ``size`` vectors are pushed
-    at once only the newest ``size`` are kept); :meth:`valid` returns the filled rows (storage
-    order), :meth:`ordered` them oldest first. The pointer and fill count are host integers (no
-    device sync), checkpointed as the module's extra state; the storage is a buffer.
-    """
-
-    def __init__(self, size: int, dim: int, dtype: torch.dtype = torch.float32):
-        super().__init__()
-        if size < 0 or dim < 1:
-            raise ValueError(f"MemoryBank: size must be >= 0 and dim >= 1, got {size}, {dim}")
-        self.size, self.dim = int(size), int(dim)
-        self.register_buffer("data", torch.zeros(self.size, self.dim, dtype=dtype))
-        self.ptr = 0
-        self.count = 0
-
-    def __len__(self) -> int:
-        return self.count
-
-    @torch.no_grad()
-    def push(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, self.dim).to(self.data.dtype)
-        n = x.shape[0]
-        if self.size == 0 or n == 0:
-            return
-        if n >= self.size:
-            self.data.copy_(x[n - self.size:])
-            self.ptr, self.count = 0, self.size
-            return
-        end = self.ptr + n
-        if end <= self.size:
-            self.data[self.ptr:end] = x
-        else:
-            first = self.size - self.ptr
-            self.data[self.ptr:] = x[:first]
-            self.data[: n - first] = x[first:]
-        self.ptr = end % self.size
-        self.count = min(self.count + n, self.size)
-
-    def valid(self) -> torch.Tensor:
-        """The filled rows (storage order; all rows once full)."""
-        return self.data if self.count >= self.size else self.data[: self.count]
-
-    def ordered(self) -> torch.Tensor:
-        """The filled rows, oldest first."""
-        if self.count < self.size:
-            return self.data[: self.count]
-        return torch.cat([self.data[self.ptr:], self.data[: self.ptr]])
-
-    def get_extra_state(self):
-        return {"ptr": self.ptr, "count": self.count}
-
-    def set_extra_state(self, state) -> None:
-        self.ptr, self.count = int(state["ptr"]), int(state["count"])
-
-    def extra_repr(self) -> str:
-        return f"size={self.size}, dim={self.dim}"
-
-
-# ---------------------------------------------------------------------------- self-labeling head
-class SelfLabelingHead(nn.Module):
-    """``K`` learnable class prototypes ``C`` (K, dim), L2-normalised on use, with an EMA copy ``C'``.
-
-    ``prototypes`` is a trainable parameter (the trainer adds it to the optimiser);
-    ``prototypes_ema`` a buffer (no grad), ``C' <- b C' + (1 - b) C`` by :meth:`update_ema`.
-    """
-
-    def __init__(self, num_classes: int, dim: int, init: Optional[torch.Tensor] = None):
-        super().__init__()
-        if init is None:
-            init = torch.randn(num_classes, dim)
-        init = torch.as_tensor(init, dtype=torch.float32)
-        if tuple(init.shape) != (num_classes, dim):
-            raise ValueError(f"SelfLabelingHead: init of shape {tuple(init.shape)}, expected {(num_classes, dim)}")
-        init = F.normalize(init, dim=1)
-        self.prototypes = nn.Parameter(init.clone())
-        self.register_buffer("prototypes_ema", init.clone())
-
-    def normalized(self, ema: bool = False) -> torch.Tensor:
-        """``c^`` (K, dim); with ``ema`` the (detached) EMA prototypes ``c^'``."""
-        return F.normalize(self.prototypes_ema if ema else self.prototypes, dim=1)
-
-    def score_map(self, feats_normalized: torch.Tensor, ema: bool = False) -> torch.Tensor:
-        """``<f^_j, c^_k>`` for a (B, dim, h, w) map of normalised features -> (B, K, h, w)."""
-        return torch.einsum("bchw,kc->bkhw", feats_normalized, self.normalized(ema))
-
-    @torch.no_grad()
-    def update_ema(self, momentum: float) -> None:
-        self.prototypes_ema.mul_(momentum).add_(self.prototypes.detach(), alpha=1.0 - momentum)
+    #: Folder written by ``balda cpsl prepare`` (soft pseudo-labels, prior, prototypes).
+    prepared: Optional[str] = None
+    tau: float = 0.08
+    epsilon: float = 0.05
+    sinkhorn_iters: int = 3
+    bank_size: int = 65536
+    samples_per_image: int = 256
+    ema_alpha: float = 0.999
+    proto_ema: float = 0.999
+    threshold: float = 0.0
+    lambda_ce: float = 0.1
+    lambda_rce: float = 1.0
+    lambda_con: float = 5.0
+    lambda_sl: float = 0.1
+    cutmix_p: float = 0.5
+    #: Downsampling factor of the stored soft pseudo-labels.
+    pseudo_stride: int = 4
 
 
 # ------------------------------------------------------------------------------ rectification/RCE
@@ -252,194 +135,6 @@ def rce_loss(logits: torch.Tensor, labels: torch.Tensor, ignore: int = IGNORE_IN
     p_y = prob.gather(1, y[:, None]).squeeze(1)
     rce = RCE_A * (1.0 - p_y) * valid
     return masked_mean(rce.sum(), valid.sum())
-
-
-# ----------------------------------------------------------------------------------- geometry
-def random_affine(batch: int, generator: Optional[torch.Generator], device, aspect: float = 1.0,
-                  scale: tuple[float, float] = (0.75, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                  max_rotate: float = 10.0, flip_p: float = 0.5) -> torch.Tensor:
-    """Random affine warps ``theta`` (B, 2, 3) mapping output to input normalised coordinates
-    (``F.affine_grid`` convention, align_corners=False).
-
-    Per image: side fraction ``s ~ U(scale)``, aspect ``a = exp(U(log ratio))``, crop size
-    ``(s_x, s_y) = (min(s sqrt a, 1), min(s / sqrt a, 1))``, centre ``t ~ U(+-(1 - s))`` (crop inside
-    the image), rotation ``phi ~ U(+-max_rotate)`` degrees (a rotation in *pixel* space for an image
-    of width/height ``aspect``), horizontal flip ``f = -1`` with probability ``flip_p``:
-    ``x_in = t + D^-1 R(phi) D diag(f s_x, s_y) x_out`` with ``D = diag(aspect, 1)``.
-    """
-    u = batch_rand(batch, 6, generator, device)
-    s = scale[0] + (scale[1] - scale[0]) * u[:, 0]
-    a = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1])
-    sx = (s * a.sqrt()).clamp(max=1.0)
-    sy = (s / a.sqrt()).clamp(max=1.0)
-    tx = (2 * u[:, 2] - 1) * (1 - sx)
-    ty = (2 * u[:, 3] - 1) * (1 - sy)
-    phi = (2 * u[:, 4] - 1) * (max_rotate * math.pi / 180.0)
-    f = torch.where(u[:, 5] < flip_p, -torch.ones_like(sx), torch.ones_like(sx))
-    c, sn = torch.cos(phi), torch.sin(phi)
-    theta = torch.stack([
-        torch.stack([c * f * sx, -sn / aspect * sy, tx], dim=1),
-        torch.stack([sn * aspect * f * sx, c * sy, ty], dim=1),
-    ], dim=1)
-    return theta
-
-
-def crop_theta(boxes: Optional[torch.Tensor], flip: Optional[torch.Tensor], batch: int, device) -> torch.Tensor:
-    """``theta`` (B,2,3) sampling a crop ``(y0, x0, y1, x1)`` (fractions of the full image) then an
-    optional horizontal flip, from the full map; identity where ``boxes`` is None."""
-    if boxes is None:
-        boxes = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device).expand(batch, 4)
-    b = boxes.to(device=device, dtype=torch.float32)
-    y0, x0, y1, x1 = b.unbind(1)
-    fx = torch.ones_like(x0) if flip is None else 1.0 - 2.0 * flip.to(device=device, dtype=torch.float32)
-    zero = torch.zeros_like(x0)
-    return torch.stack([
-        torch.stack([(x1 - x0) * fx, zero, x0 + x1 - 1], dim=1),
-        torch.stack([zero, y1 - y0, y0 + y1 - 1], dim=1),
-    ], dim=1)
-
-
-def _grid(theta: torch.Tensor, size, dtype) -> torch.Tensor:
-    B = theta.shape[0]
-    return F.affine_grid(theta.to(dtype), [B, 1, int(size[0]), int(size[1])], align_corners=False)
-
-
-def warp_images(images: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """``out(x) = images(theta x)`` by ``grid_sample`` (zero padding: the mean colour for normalised
-    images)."""
-    grid = _grid(theta, images.shape[-2:], images.dtype)
-    return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
-
-
-def warp_labels(labels: torch.Tensor, theta: torch.Tensor, ignore: int = IGNORE_INDEX,
-                size: Optional[tuple[int, int]] = None) -> torch.Tensor:
-    """Warp (B,H,W) integer labels with the same geometry as :func:`warp_images` (nearest sampling;
-    positions sampled outside the input get ``ignore``). ``size`` = output (h, w), default (H, W)."""
-    size = tuple(labels.shape[-2:]) if size is None else size
-    grid = _grid(theta, size, torch.float32)
-    both = torch.stack([labels.float(), torch.ones_like(labels, dtype=torch.float32)], dim=1)
-    out = F.grid_sample(both, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    lab = out[:, 0].round().long()
-    return torch.where(out[:, 1] > 0.5, lab, torch.full_like(lab, ignore))
-
-
-def warp_maps(maps: torch.Tensor, theta: torch.Tensor, size: Optional[tuple[int, int]] = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Warp (B,C,h,w) continuous maps (bilinear, border padding) with the geometry of
-    :func:`warp_images`; returns the warped maps and a (B, h', w') bool mask of the positions whose
-    sampling point lies inside the input."""
-    size = tuple(maps.shape[-2:]) if size is None else size
-    grid = _grid(theta, size, maps.dtype)
-    out = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    valid = (grid.abs() <= 1.0).all(dim=-1)
-    return out, valid
-
-
-def random_boxes(batch: int, generator: Optional[torch.Generator], device, p: float) -> torch.Tensor:
-    """CutMix boxes (Yun et al. 2019) as fractions ``(y0, x0, y1, x1)`` (B,4): ``lam ~ U(0,1)``,
-    side fraction ``sqrt(1 - lam)``, uniform centre, clipped to the image; an image is mixed with
-    probability ``p`` (otherwise its box is empty)."""
-    u = batch_rand(batch, 4, generator, device)
-    side = torch.sqrt(1.0 - u[:, 0])
-    cy, cx = u[:, 1], u[:, 2]
-    use = (u[:, 3] < p).float()
-    half = side / 2 * use
-    return torch.stack([(cy - half).clamp(0, 1), (cx - half).clamp(0, 1), (cy + half).clamp(0, 1),
-                        (cx + half).clamp(0, 1)], dim=1)
-
-
-def box_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, h, w) bool: pixel centres ``((y+0.5)/h, (x+0.5)/w)`` inside ``[y0, y1) x [x0, x1)``."""
-    h, w = int(size[0]), int(size[1])
-    yc = (torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5) / h
-    xc = (torch.arange(w, device=boxes.device, dtype=torch.float32) + 0.5) / w
-    y0, x0, y1, x1 = (v[:, None, None] for v in boxes.float().unbind(1))
-    return (yc[None, :, None] >= y0) & (yc[None, :, None] < y1) & (xc[None, None, :] >= x0) & (xc[None, None, :] < x1)
-
-
-# ---------------------------------------------------------------------------------- SL / consistency
-def self_labeling_loss(u: torch.Tensor, o: torch.Tensor, head: SelfLabelingHead, prior: torch.Tensor, tau: float,
-                       epsilon: float, n_iter: int, bank_u: Optional[MemoryBank] = None,
-                       bank_o: Optional[MemoryBank] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """CPSL self-labeling loss of the current samples (module docstring, step 4).
-
-    ``u`` (n, D) normalised teacher features, ``o`` (n, K) normalised teacher logits (both treated
-    as constants). ``Q_1 = Sinkhorn([M_u; u] C^^T)``, ``Q_2 = Sinkhorn([M_o; o])`` (rows of the
-    current samples), ``L = -(1/n) sum_i sum_k (Q1 + Q2)_ik log softmax_k(<u_i, c^_k>/tau)``; the
-    gradient reaches only the prototypes. The banks are *not* updated here. Returns ``(L, marginal)``
-    with ``marginal = mean_i Q1_i`` (K,) the class marginal of the current assignments.
-    """
-    u = u.detach().float()
-    o = o.detach().float()
-    n = u.shape[0]
-    c_hat = head.normalized()
-    logp = torch.log_softmax(u @ c_hat.t() / tau, dim=1)
-    with torch.no_grad():
-        cd = c_hat.detach()
-        s1 = u @ cd.t()
-        if bank_u is not None and len(bank_u):
-            s1 = torch.cat([bank_u.valid().float() @ cd.t(), s1])
-        s2 = o
-        if bank_o is not None and len(bank_o):
-            s2 = torch.cat([bank_o.valid().float(), s2])
-        q1 = sinkhorn_balanced(s1, prior, epsilon, n_iter)[-n:]
-        q2 = sinkhorn_balanced(s2, prior, epsilon, n_iter)[-n:]
-    loss = -((q1 + q2) * logp).sum(dim=1).mean()
-    return loss, q1.mean(dim=0)
-
-
-def prototype_consistency(teacher_scores: torch.Tensor, student_scores: torch.Tensor,
-                          valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``(1/K) mean_{j valid} sum_k t_jk (log t_jk - log s_jk)`` with ``t = softmax(teacher_scores)``
-    (constant) and ``s = softmax(student_scores)`` over dim 1 (ProDA/CPSL consistency; both inputs
-    already divided by the temperature). 0 (with a graph) when no position is valid."""
-    t_log = torch.log_softmax(teacher_scores.detach().float(), dim=1)
-    s_log = torch.log_softmax(student_scores.float(), dim=1)
-    kl = (t_log.exp() * (t_log - s_log)).sum(dim=1)
-    K = teacher_scores.shape[1]
-    if valid is None:
-        return kl.mean() / K
-    v = valid.to(kl.dtype)
-    return masked_mean((kl * v).sum(), v.sum()) / K
-
-
-# ------------------------------------------------------------------------------------ distillation
-class DistillLosses(NamedTuple):
-    ce: torch.Tensor  # CE on the confident teacher argmax
-    kl: torch.Tensor  # KL(teacher || student)
-
-    @property
-    def total(self) -> torch.Tensor:
-        return self.ce + self.kl
-
-
-def distill_losses(student_logits: torch.Tensor, teacher_logits_flip_avg: torch.Tensor, threshold: float = 0.95,
-                   ignore: int = IGNORE_INDEX) -> DistillLosses:
-    """Self-distillation losses of CPSL stages 2-3.
-
-    ``t = softmax(teacher logits)`` (flip-averaged, see :func:`flip_averaged_logits`; constant),
-    ``s = softmax(student logits)`` (upsampled bilinearly to the teacher's size).
-    ``ce = (1/|V|) sum_{i in V} -log s_{i, argmax t_i}`` with ``V = {i : max_k t_ik >= threshold}``;
-    ``kl = mean_i sum_k t_ik (log t_ik - log s_ik)`` computed with ``log_softmax`` on both sides
-    (the released code passes probabilities where ``F.kl_div`` expects log-probabilities).
-    """
-    t_log = torch.log_softmax(teacher_logits_flip_avg.detach().float(), dim=1)
-    s_logits = resize_logits(student_logits.float(), t_log.shape[-2:])
-    conf, lab = t_log.max(dim=1)
-    labels = torch.where(conf.exp() >= threshold, lab, torch.full_like(lab, ignore))
-    ce = weighted_cross_entropy(s_logits, labels, ignore_index=ignore)
-    s_log = torch.log_softmax(s_logits, dim=1)
-    kl = (t_log.exp() * (t_log - s_log)).sum(dim=1).mean()
-    return DistillLosses(ce, kl)
-
-
-@torch.no_grad()
-def flip_averaged_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """``log((softmax(g(x)) + flip(softmax(g(flip(x))))) / 2)``: valid logits of the flip-averaged
-    prediction of ``model`` (its softmax is the averaged probability)."""
-    p = torch.softmax(model(images).logits.float(), dim=1)
-    pf = torch.softmax(model(images.flip(-1)).logits.float(), dim=1).flip(-1)
-    return torch.log(((p + pf) / 2).clamp_min(1e-30))
 
 
 # ---------------------------------------------------------------------------------- soft labels
@@ -477,16 +172,6 @@ class SoftLabelStore(nn.Module):
 
 
 # ----------------------------------------------------------------------------------- strategy
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
-def _ce_term(logits, labels, weighting):
-    up = resize_logits(logits, labels.shape[-2:])
-    w = weighting(up.detach(), labels) if weighting is not None else None
-    return weighted_cross_entropy(up, labels, class_weights=w), w
-
-
 def _validate(cfg: CPSLConfig) -> None:
     checks = [("tau", cfg.tau > 0), ("epsilon", cfg.epsilon > 0), ("sinkhorn_iters", cfg.sinkhorn_iters >= 1),
               ("bank_size", cfg.bank_size >= 0), ("samples_per_image", cfg.samples_per_image >= 1),
@@ -498,14 +183,15 @@ def _validate(cfg: CPSLConfig) -> None:
         raise ValueError("method.cpsl: invalid value(s) " + ", ".join(f"{k}={getattr(cfg, k)!r}" for k in bad))
 
 
-class CPSLStrategy(Strategy):
+@register_strategy("cpsl", config=CPSLConfig, description="class-balanced pixel-level self-labeling (stage 1)")
+class CPSLStrategy(TeacherMixin, Strategy):
     """CPSL stage 1 (see module docstring).
 
     ``CPSLStrategy(model, weighting, cfg, num_classes, mean, std, seed=0, prepared=None,
     init_from_prepared=True, p0_on_device=None)``
 
     * ``cfg.prepared``: the folder of ``balda cpsl prepare`` (read with
-      :func:`~balda.methods.cpsl_prepare.load_prepared` unless ``prepared``, its result, is given);
+      :func:`~balda.methods.cpsl.prepare.load_prepared` unless ``prepared``, its result, is given);
       a missing or invalid folder raises ``ValueError`` naming ``method.cpsl.prepared``.
     * ``init_from_prepared``: if the folder holds the warm-up weights (``model.pt``), they are loaded
       into ``model`` here (before the teacher copy), so stage 1 starts from the warm-up model.
@@ -522,7 +208,7 @@ class CPSLStrategy(Strategy):
 
     def __init__(self, model: Segmentor, weighting: Optional[WeightingFactory], cfg: CPSLConfig, num_classes: int,
                  mean, std, seed: int = 0, prepared: Optional[dict] = None, init_from_prepared: bool = True,
-                 p0_on_device: Optional[bool] = None, **extras):
+                 p0_on_device: Optional[bool] = None):
         super().__init__(model, weighting)
         _validate(cfg)
         self.cfg = cfg
@@ -530,7 +216,7 @@ class CPSLStrategy(Strategy):
         self.seed = int(seed)
         if prepared is None:
             prepared = self._load(cfg)
-        net = _unwrap(model)
+        net = unwrap(model)
         self._check_prepared(prepared, K, int(getattr(net, "feature_channels", prepared["prototypes"].shape[1])),
                              cfg)
         mw = prepared.get("model_weights")
@@ -547,9 +233,7 @@ class CPSLStrategy(Strategy):
                              persistent=False)
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1).clone(),
                              persistent=False)
-        self.teacher = copy.deepcopy(net)
-        self.teacher.requires_grad_(False)
-        self.teacher.eval()
+        self.teacher = frozen_copy(net)
         protos = torch.as_tensor(np.asarray(prepared["prototypes"], dtype=np.float32))
         D = protos.shape[1]
         self.head = SelfLabelingHead(K, D, init=protos)
@@ -561,13 +245,22 @@ class CPSLStrategy(Strategy):
         if p0_on_device is None:
             p0_on_device = int(np.prod(p0.shape)) * 2 <= (4 << 30)
         self.store = SoftLabelStore(p0, on_device=p0_on_device)
-        self.source_weighting = self.make_weighting("source")
-        self.target_weighting = self.make_weighting("target")
+        self.source_ce = self.make_ce("source")
+        self.target_ce = self.make_ce("target")
+
+    @classmethod
+    def from_config(cls, cfg, model, weighting=None):
+        return cls(model, weighting, cfg.method.cpsl, cfg.model.num_classes, cfg.data.mean, cfg.data.std,
+                   seed=cfg.train.seed)
+
+    def optimized_with_model(self) -> list[nn.Parameter]:
+        """The class prototypes (the self-labeling head) train with the segmentor's optimiser."""
+        return [self.head.prototypes]
 
     # ------------------------------------------------------------------------------- preparation
     @staticmethod
     def _load(cfg: CPSLConfig) -> dict:
-        from balda.methods.cpsl_prepare import PreparedError, load_prepared
+        from balda.methods.cpsl.prepare import PreparedError, load_prepared
 
         if not cfg.prepared:
             raise ValueError("method.cpsl.prepared is not set: CPSL needs the folder of soft pseudo-labels, class "
@@ -594,11 +287,6 @@ class CPSLStrategy(Strategy):
                         prepared.get("pseudo_stride"), cfg.pseudo_stride)
 
     # ------------------------------------------------------------------------------------- modes
-    def train(self, mode: bool = True):  # noqa: D401 - nn.Module API
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
     def eval_model(self, model: Segmentor) -> nn.Module:
         """The student (as the released code evaluates); the EMA model is :attr:`teacher`."""
         return model
@@ -610,7 +298,7 @@ class CPSLStrategy(Strategy):
         sampled bilinearly (align_corners=False, border padding) over its crop, flipped if ``flip``."""
         p = self.store.lookup(index)
         theta = crop_theta(crop_box, flip, p.shape[0], p.device)
-        grid = _grid(theta, size, p.dtype)
+        grid = affine_grid(theta, size, p.dtype)
         return F.grid_sample(p, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     def _sample(self, feats_n: torch.Tensor, logits: torch.Tensor, g: torch.Generator):
@@ -644,9 +332,8 @@ class CPSLStrategy(Strategy):
 
         # 1. source CE
         out_s = model(xs)
-        losses["source.ce"], w_src = _ce_term(out_s.logits, ys, self.source_weighting)
-        if w_src is not None:
-            logs["weights/source"] = logged_weights(w_src, ys)
+        losses["source.ce"], ce_logs = self.source_ce(out_s.logits, ys)
+        logs.update(ce_logs)
 
         g = step_generator(self.seed, step, dev)
         def no_amp():
@@ -684,9 +371,8 @@ class CPSLStrategy(Strategy):
 
         # student on the strong view: pseudo-label CE + RCE
         out_t = model(x_strong)
-        losses["target.ce"], w_tgt = _ce_term(out_t.logits, y_strong, self.target_weighting)
-        if w_tgt is not None:
-            logs["weights/target"] = logged_weights(w_tgt, y_strong)
+        losses["target.ce"], ce_logs = self.target_ce(out_t.logits, y_strong)
+        logs.update(ce_logs)
         losses["target.rce"] = rce_loss(out_t.logits, y_strong)
 
         with no_amp():
@@ -715,6 +401,6 @@ class CPSLStrategy(Strategy):
     # -------------------------------------------------------------------------------- post-step
     def after_step(self, model: Segmentor, step: int) -> dict[str, torch.Tensor]:
         """EMA of the network (fixed momentum ``ema_alpha``) and of the prototypes (``proto_ema``)."""
-        ema_update(self.teacher, _unwrap(model), float(self.cfg.ema_alpha))
+        ema_update(self.teacher, unwrap(model), float(self.cfg.ema_alpha))
         self.head.update_ema(float(self.cfg.proto_ema))
         return {}

@@ -24,22 +24,33 @@ Forward passes. The wrapper records the base strategy's forward passes with a te
 if the base already ran the segmentor with gradients on the very tensor ``batch["source"]["image"]``
 (resp. ``batch["target"]["image"]``) those logits are reused; otherwise one extra forward is run.
 ``after_step`` and ``eval_model`` delegate to the base.
+
+Registration: importing this module registers the wrapper ``active`` (applied to any base strategy
+when ``active.enabled``); the wrapper owns the label store, the oracle annotator and the trainer hook
+of the acquisition rounds (:class:`AcquisitionHook`), so the trainer knows nothing of active learning.
 """
 from __future__ import annotations
 
-from typing import Optional
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
-from balda.balancing.class_weights import logged_weights
 from balda.config import ActiveConfig
+from balda.core.hooks import HookBase
+from balda.core.registry import STRATEGY_WRAPPERS, WrapperSpec
 from balda.data.labels import IGNORE_INDEX
 from balda.methods.base import StepOutput, Strategy, WeightingFactory
-from balda.methods.losses import masked_mean, resize_logits, weighted_cross_entropy
+from balda.methods.losses import masked_mean, resize_logits
 from balda.models.base import Segmentor
 
-__all__ = ["ActiveStrategy", "negative_learning_loss", "local_consistency_loss", "label_interior_mask"]
+__all__ = ["ActiveStrategy", "AcquisitionHook", "negative_learning_loss", "local_consistency_loss",
+           "label_interior_mask", "wrap_active"]
+
+log = logging.getLogger("balda.active")
 
 NEG_THRESHOLD = 0.05
 
@@ -83,12 +94,28 @@ class ActiveStrategy(Strategy):
     uses_target_labels = True
 
     def __init__(self, base: Strategy, model: Segmentor, weighting: Optional[WeightingFactory] = None,
-                 cfg: Optional[ActiveConfig] = None, reuse_forward: bool = True):
+                 cfg: Optional[ActiveConfig] = None, reuse_forward: bool = True, store: Any = None,
+                 acquisition: Optional[HookBase] = None):
         super().__init__(model, weighting)
         self.base = base
         self.cfg = cfg if cfg is not None else ActiveConfig()
-        self.active_weighting = self.make_weighting("active")
+        self.active_ce = self.make_ce("active")
         self.reuse_forward = reuse_forward
+        self.store = store  # the LabelStore of the acquired masks (None: labels used as loaded)
+        self._acquisition = acquisition
+
+    # --------------------------------------------------------------------------- trainer contract
+    def optimized_with_model(self) -> list[torch.nn.Parameter]:
+        return self.base.optimized_with_model()
+
+    def hooks(self) -> list[Any]:
+        return [*self.base.hooks(), *([self._acquisition] if self._acquisition is not None else [])]
+
+    def loader_options(self) -> dict[str, Any]:
+        opts = {**self.base.loader_options(), "with_target_labels": True}
+        if self.store is not None:
+            opts["target_label_filter"] = self.store.label_filter
+        return opts
 
     # ----------------------------------------------------------------------------------- helpers
     @staticmethod
@@ -130,12 +157,8 @@ class ActiveStrategy(Strategy):
             size = tuple(label.shape[-2:]) if label is not None else tuple(tgt["image"].shape[-2:])
             up = resize_logits(logits, size)
             if cfg.lambda_labelled and label is not None:
-                cw = None
-                if self.active_weighting is not None:
-                    cw = self.active_weighting(up.detach(), label)
-                    if cw is not None:
-                        logs["weights/active"] = logged_weights(cw, label)
-                losses["active.ce"] = weighted_cross_entropy(up, label, class_weights=cw)
+                losses["active.ce"], ce_logs = self.active_ce(up, label)
+                logs.update(ce_logs)
                 weights["active.ce"] = cfg.lambda_labelled
                 task = task + ("active.ce",)
                 logs["active/labelled_px"] = (label != IGNORE_INDEX).sum().detach().float()
@@ -156,3 +179,59 @@ class ActiveStrategy(Strategy):
 
     def eval_model(self, model: Segmentor) -> torch.nn.Module:
         return self.base.eval_model(model)
+
+
+# ------------------------------------------------------------------------------- acquisition hook
+class AcquisitionHook(HookBase):
+    """Runs the acquisition round scheduled at each of ``round_steps`` (before that step): scores the
+    target train set with the model being trained, selects regions/pixels (RIPU or CBDA), has the
+    annotator label them into the store, logs the round's statistics, plots the acquired pixels and
+    makes the trainer rebuild its loader (the label filter changed). Rounds already in the store (a
+    resumed run) are not repeated: :func:`~balda.active.acquire.acquire_round` resumes from it."""
+
+    def __init__(self, cfg: ActiveConfig, total_iters: int, dataset, store, annotator, mean, std):
+        self.cfg = cfg
+        self.round_steps = sorted({int(round(f * total_iters)) for f in cfg.rounds})
+        self.dataset, self.store, self.annotator = dataset, store, annotator
+        self.mean, self.std = mean, std
+
+    def before_step(self, trainer) -> None:
+        from balda.core import dist
+
+        if trainer.step not in self.round_steps:
+            return
+        from balda.active.acquire import acquire_round, plot_round
+
+        r = self.round_steps.index(trainer.step)
+        stats = acquire_round(trainer.strategy.eval_model(trainer.model), self.dataset, self.store, self.cfg, r,
+                              len(self.round_steps), self.mean, self.std, trainer.device, self.annotator,
+                              progress=trainer.progress and trainer.is_main)
+        dist.barrier()
+        flat = {f"active/{k}": float(v) for k, v in stats.items() if isinstance(v, (int, float))}
+        trainer.logger.write(trainer.step, flat, kind="active")
+        if trainer.is_main:
+            try:  # acquired-pixel overlays and the labelled-set class histogram of every round so far
+                plot_round(self.store, self.dataset, trainer.run_dir / "plots" / f"active_round{r}.png")
+            except Exception as e:  # a plot must never stop a run
+                log.warning("could not plot acquisition round %d: %s", r, e)
+        trainer.reset_loader()
+
+
+def wrap_active(strategy: Strategy, cfg, model: Segmentor, weighting: Optional[WeightingFactory] = None
+                ) -> ActiveStrategy:
+    """``active.enabled``: wrap ``strategy`` with the active-learning losses, a label store under
+    ``active.out`` (default ``<run>/active``), the oracle annotator over the labelled target train
+    split and the acquisition hook."""
+    from balda.active.annotator import LabelStore, OracleAnnotator
+    from balda.data.datasets import build_dataset
+
+    dataset = build_dataset(replace(cfg.data.target, labelled=True))
+    store = LabelStore(Path(cfg.active.out) if cfg.active.out else cfg.run_dir / "active")
+    hook = AcquisitionHook(cfg.active, cfg.train.iters, dataset, store, OracleAnnotator(dataset), cfg.data.mean,
+                           cfg.data.std)
+    return ActiveStrategy(strategy, model, weighting, cfg.active, store=store, acquisition=hook)
+
+
+STRATEGY_WRAPPERS.add("active", WrapperSpec("active", lambda cfg: bool(cfg.active.enabled), wrap_active),
+                      replace=True)
+

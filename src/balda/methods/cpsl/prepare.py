@@ -41,8 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from balda.core.errors import PreparedError
 from balda.core.atomic import atomic_write
+from balda.core.errors import PreparedError
 from balda.core.progress import progress_bar
 
 __all__ = ["PreparedError", "prepare_cpsl", "prepare_from_checkpoint", "load_prepared", "p0_path",
@@ -279,9 +279,14 @@ def prepare_from_checkpoint(ckpt_path: str | Path, out_dir: str | Path, override
     A run folder resolves to its ``final.pt`` (else ``last.pt``).
     """
     from balda.config import config_from_dict, merge_dicts, parse_overrides, to_dict
+    from balda.core.checkpoint import (
+        CheckpointError,
+        atomic_save,
+        load_checkpoint,
+        load_model_weights,
+        resolve_checkpoint,
+    )
     from balda.data.datasets import build_dataset
-    from balda.core.checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_model_weights,
-                                       resolve_checkpoint)
     from balda.models import build_model
 
     path = resolve_checkpoint(ckpt_path)
