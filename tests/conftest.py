@@ -23,10 +23,15 @@ def tiny_streets(tmp_path_factory) -> Path:
     return out
 
 
+#: The tiny runs use the small random-init CPU model (seconds per run, and float-exact enough for the
+#: distributed equality tests); the benchmark's pretrained EfficientNet-Lite0 recipe has its own test.
+TINY_MODEL = ["model.name=small", "model.pretrained=null", "model.width=8", "model.output_stride=2"]
+
+
 def tiny_overrides(data: Path, out: Path, name: str = "run", iters: int = 4) -> list[str]:
     return [f"name={name}", f"out_dir={out}", f"train.iters={iters}", "train.log_every=1", "train.ckpt_every=2",
             "train.progress=false", "train.tensorboard=false", "data.crop=[32, 64]", "data.batch_source=2",
-            "data.batch_target=2", "model.width=8", f"data.source.root={data / 'source'}",
+            "data.batch_target=2", *TINY_MODEL, f"data.source.root={data / 'source'}",
             f"data.target.root={data / 'target'}", f"data.val.root={data / 'target'}"]
 
 

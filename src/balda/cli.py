@@ -182,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-target-train", type=int, default=300)
     s.add_argument("--n-target-val", type=int, default=100)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--shift", type=float, default=1.0, help="severity of the domain shift (0 = none)")
+    s.add_argument("--shift", type=float, default=0.65,
+                   help="severity of the domain shift: 0 = identical domains, 1 = the full source style "
+                        "(default: %(default)s, the calibrated benchmark)")
     s.add_argument("--profile", default="cityscapes", help="class-prior profile")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_generate)

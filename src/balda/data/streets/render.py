@@ -9,7 +9,7 @@ from balda.data.labels import IGNORE_INDEX, NUM_CLASSES
 from .background import _background, _make_layout
 from .geometry import _Cam, _Canvas, _fields, _grids
 from .objects import _place_objects
-from .style import _TEXTURE_FIELDS, domain_priors, domain_style, vary_style
+from .style import _TEXTURE_FIELDS, DEFAULT_SHIFT, domain_priors, domain_style, vary_style
 
 #: Domain codes used to derive per-image seeds.
 _DOMAIN_CODES = {"source": 0, "target_train": 1, "target_val": 2}
@@ -61,7 +61,8 @@ def _photometric(img: np.ndarray, rng, sen: dict, yy: np.ndarray, xx: np.ndarray
     return out
 
 
-def render_scene(rng: np.random.Generator, domain: str, size: tuple[int, int] = (128, 256), shift: float = 1.0,
+def render_scene(rng: np.random.Generator, domain: str, size: tuple[int, int] = (128, 256),
+                 shift: float = DEFAULT_SHIFT,
                  profile: str = "cityscapes") -> tuple[np.ndarray, np.ndarray]:
     """Render one street scene of ``domain`` ('source' or 'target').
 

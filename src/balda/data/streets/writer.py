@@ -16,9 +16,10 @@ from balda.core.progress import track
 from balda.data.labels import CITYSCAPES_LUT, CLASS_NAMES, NUM_CLASSES, PALETTE, TRAINID_TO_LABELID_LUT, colorize
 
 from .render import image_rng, render_scene
-from .style import _canonical_profile
+from .style import DEFAULT_SHIFT, _canonical_profile
 
 GENERATOR = "balda.streets"
+
 #: Bumped whenever the rendering changes, so stale folders are regenerated.
 GENERATOR_VERSION = 2
 #: Made-up city names of the target splits (Cityscapes keeps its val cities apart from train).
@@ -84,7 +85,7 @@ def load_streets_meta(out: str | os.PathLike) -> dict | None:
 
 
 def streets_exists(out: str | os.PathLike, size=(128, 256), n_source: int = 600, n_target_train: int = 300,
-                   n_target_val: int = 100, seed: int = 0, shift: float = 1.0, profile: str = "cityscapes",
+                   n_target_val: int = 100, seed: int = 0, shift: float = DEFAULT_SHIFT, profile: str = "cityscapes",
                    **_ignored) -> bool:
     """Whether ``out`` holds a *complete* benchmark generated with exactly these parameters
     (meta.json says so and the expected number of image and label files is present)."""
@@ -120,7 +121,7 @@ def _sample_page(out: Path, domain_key: str, n: int, path: Path) -> None:
 
 
 def generate_streets(out: str | os.PathLike, size: tuple[int, int] = (128, 256), n_source: int = 600,
-                     n_target_train: int = 300, n_target_val: int = 100, seed: int = 0, shift: float = 1.0,
+                     n_target_train: int = 300, n_target_val: int = 100, seed: int = 0, shift: float = DEFAULT_SHIFT,
                      profile: str = "cityscapes", progress: bool = True, workers: int = 2) -> dict:
     """Write the two-domain benchmark under ``out`` and return its summary.
 
