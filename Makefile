@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - create .venv, install balda, run the embedded-benchmark demo (the main job)
-#   make test   - create .venv, install balda with test extras, run the test suite
+#   make test   - create .venv, install balda with test extras, lint (ruff) and run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.balda-installed
@@ -21,6 +21,8 @@ demo: $(STAMP)
 	$(VENV)/bin/balda demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 	OMP_NUM_THREADS=2 $(PY) -m pytest -x -q
 
 bench: $(STAMP)

@@ -24,6 +24,7 @@ benchmark, 128x256) when it exists, else random images of ``--size``. Results go
 
     python benchmarks/bench_acquire.py --models small deeplabv2-r101 --images 40
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,14 +83,30 @@ def time_model(cfg, model, ds, device, prior_images: int) -> dict:
             for r in range(2):
                 _sync(device)
                 t = time.perf_counter()
-                st = acquire_round(model, ds, store, acfg, r, 2, cfg.data.mean, cfg.data.std, device,
-                                   OracleAnnotator(ds), progress=False, prior_images=prior_images)
+                st = acquire_round(
+                    model,
+                    ds,
+                    store,
+                    acfg,
+                    r,
+                    2,
+                    cfg.data.mean,
+                    cfg.data.std,
+                    device,
+                    OracleAnnotator(ds),
+                    progress=False,
+                    prior_images=prior_images,
+                )
                 _sync(device)
                 dt = time.perf_counter() - t
                 out["rounds"][f"{sel}_{r + 1}"] = {
-                    "time_s": dt, "vs_inference": dt / t_inf, "inference_s": st["inference_s"],
-                    "selection_s": st["selection_s"], "annotate_s": st["annotate_s"],
-                    "weights_from": st.get("weights_from")}
+                    "time_s": dt,
+                    "vs_inference": dt / t_inf,
+                    "inference_s": st["inference_s"],
+                    "selection_s": st["selection_s"],
+                    "annotate_s": st["annotate_s"],
+                    "weights_from": st.get("weights_from"),
+                }
     return out
 
 
@@ -106,8 +123,7 @@ def main(argv=None) -> int:
     p.add_argument("--markdown", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     args = p.parse_args(argv)
 
-    from balda.config import resolve_config
-    from balda.config import ModelConfig, load_config
+    from balda.config import ModelConfig, load_config, resolve_config
     from balda.models import build_model
     from balda.models.weights import load_segmentor
 
@@ -121,27 +137,44 @@ def main(argv=None) -> int:
             load_segmentor(model, args.checkpoint)
         model = model.to(device).eval()
         results[name] = r = time_model(cfg, model, ds, device, args.prior_images)
-        print(f"{name}: inference {r['inference_s']:.2f} s ({r['images_per_s']:.1f} img/s); " + ", ".join(
-            f"{k} {v['vs_inference']:.2f}x" for k, v in r["rounds"].items()), flush=True)
-    meta = {"commit": _commit(), "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "images": images,
-            "prior_images": args.prior_images, "checkpoint": args.checkpoint, "date": time.strftime("%Y-%m-%d")}
+        print(
+            f"{name}: inference {r['inference_s']:.2f} s ({r['images_per_s']:.1f} img/s); "
+            + ", ".join(f"{k} {v['vs_inference']:.2f}x" for k, v in r["rounds"].items()),
+            flush=True,
+        )
+    meta = {
+        "commit": _commit(),
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "images": images,
+        "prior_images": args.prior_images,
+        "checkpoint": args.checkpoint,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "models": results}, indent=1))
-    lines = ["## Acquisition", "",
-             f"Measured by `python benchmarks/bench_acquire.py` at commit `{meta['commit']}` on {meta['device']} "
-             f"({meta['machine']}, torch {meta['torch']}, {meta['threads']} threads), {meta['date']}, over "
-             f"{images}; small model weights: {args.checkpoint or 'random init'}. One round = 5% / 2 rounds "
-             f"of region acquisition; CBDA round 1 includes the prior pass over {args.prior_images} images "
-             "(capped at the set size). Target: a round <= 1.3x the inference pass.", "",
-             "| model | inference pass (s) | round | time (s) | vs inference | forward (s) | scores + selection (s) "
-             "| annotation (s) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Acquisition",
+        "",
+        f"Measured by `python benchmarks/bench_acquire.py` at commit `{meta['commit']}` on {meta['device']} "
+        f"({meta['machine']}, torch {meta['torch']}, {meta['threads']} threads), {meta['date']}, over "
+        f"{images}; small model weights: {args.checkpoint or 'random init'}. One round = 5% / 2 rounds "
+        f"of region acquisition; CBDA round 1 includes the prior pass over {args.prior_images} images "
+        "(capped at the set size). Target: a round <= 1.3x the inference pass.",
+        "",
+        "| model | inference pass (s) | round | time (s) | vs inference | forward (s) | scores + selection (s) "
+        "| annotation (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         for k, v in r["rounds"].items():
-            lines.append(f"| {name} | {r['inference_s']:.2f} | {k.replace('_', ' round ')} | {v['time_s']:.2f} | "
-                         f"{v['vs_inference']:.2f}x | {v['inference_s']:.2f} | {v['selection_s']:.2f} | "
-                         f"{v['annotate_s']:.2f} |")
+            lines.append(
+                f"| {name} | {r['inference_s']:.2f} | {k.replace('_', ' round ')} | {v['time_s']:.2f} | "
+                f"{v['vs_inference']:.2f}x | {v['inference_s']:.2f} | {v['selection_s']:.2f} | "
+                f"{v['annotate_s']:.2f} |"
+            )
     write_section(Path(args.markdown), "## Acquisition", "\n".join(lines) + "\n")
     print(f"\nwritten to {args.markdown} and {args.out}")
     return 0

@@ -11,6 +11,7 @@ Also timed, for reference: the projection alone, and the spec's expanded form of
     python benchmarks/bench_gbw.py --device cpu --threads 1
     python benchmarks/bench_gbw.py --device cuda --out benchmarks/results/gbw_cuda.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -103,10 +104,16 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
     ap.add_argument("--out", default="benchmarks/results/gbw.json", help="JSON file for the results")
-    ap.add_argument("--shapes", nargs="+", type=parse_shape, default=[parse_shape(s) for s in DEFAULT_SHAPES],
-                    help="logit shapes BxKxHxW (default: %(default)s)")
-    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                    help="dtype of the logits")
+    ap.add_argument(
+        "--shapes",
+        nargs="+",
+        type=parse_shape,
+        default=[parse_shape(s) for s in DEFAULT_SHAPES],
+        help="logit shapes BxKxHxW (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="dtype of the logits"
+    )
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
@@ -115,8 +122,11 @@ def main(argv=None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     dtype = getattr(torch, args.dtype)
 
     results = []
@@ -125,16 +135,19 @@ def main(argv=None) -> dict:
     for shape in args.shapes:
         r = run_shape(shape, device, dtype, args.warmup, args.repeats, args.seed)
         results.append(r)
-        print(f"{'x'.join(map(str, shape)):>16} {r['gbw']['median_ms']:9.2f} "
-              f"{r['cross_entropy_fwd_bwd']['median_ms']:10.2f} {r['ratio_gbw_over_ce']:7.3f} "
-              f"{r['projection_only']['median_ms']:8.3f} {r['expanded_statistic_reference']['median_ms']:12.2f}")
+        print(
+            f"{'x'.join(map(str, shape)):>16} {r['gbw']['median_ms']:9.2f} "
+            f"{r['cross_entropy_fwd_bwd']['median_ms']:10.2f} {r['ratio_gbw_over_ce']:7.3f} "
+            f"{r['projection_only']['median_ms']:8.3f} {r['expanded_statistic_reference']['median_ms']:12.2f}"
+        )
 
     report = {
         "benchmark": "gbw",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-        or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "results": results,

@@ -11,6 +11,7 @@ traverses the whole graph)::
     python benchmarks/bench_gh.py --device cpu --iters 20
     python benchmarks/bench_gh.py --device cuda --size 512 --width 64 --batch 4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,14 @@ class SmallSegmentor(nn.Module):
     def __init__(self, num_classes=19, width=32):
         super().__init__()
         w = width
-        self.backbone = nn.Sequential(conv_bn(3, w, 2), conv_bn(w, w), conv_bn(w, 2 * w, 2), conv_bn(2 * w, 2 * w),
-                                      conv_bn(2 * w, 4 * w, 2), conv_bn(4 * w, 4 * w))
+        self.backbone = nn.Sequential(
+            conv_bn(3, w, 2),
+            conv_bn(w, w),
+            conv_bn(w, 2 * w, 2),
+            conv_bn(2 * w, 2 * w),
+            conv_bn(2 * w, 4 * w, 2),
+            conv_bn(4 * w, 4 * w),
+        )
         self.decode_head = nn.Sequential(conv_bn(4 * w, 2 * w), conv_bn(2 * w, 2 * w), nn.Conv2d(2 * w, num_classes, 1))
 
     def forward(self, x):
@@ -68,11 +75,13 @@ def make_step(model, combiner, opt, batch, params, shared, joint=False):
         task = F.cross_entropy(ls, batch["ys"], ignore_index=255)
         p = lt.softmax(1)
         ent = -(p * torch.log(p + 1e-30)).sum(1).mean()
-        out = StepOutput(losses={"source.ce": task, "target.ent": ent}, weights={"target.ent": 0.01},
-                         task=("source.ce",))
+        out = StepOutput(
+            losses={"source.ce": task, "target.ent": ent}, weights={"target.ent": 0.01}, task=("source.ce",)
+        )
         logs = combiner.backward(out, params, shared)
         opt.step()
         return logs
+
     return step
 
 
@@ -102,8 +111,13 @@ def run_layout(base, batch, args, sync, joint):
     results = {}
     for name, ts in times.items():
         med = statistics.median(ts)
-        results[name] = {"median_ms": 1e3 * med, "mean_ms": 1e3 * statistics.fmean(ts),
-                         "min_ms": 1e3 * min(ts), "ratio_vs_sum": med / ref, "last_logs": last_logs[name]}
+        results[name] = {
+            "median_ms": 1e3 * med,
+            "mean_ms": 1e3 * statistics.fmean(ts),
+            "min_ms": 1e3 * min(ts),
+            "ratio_vs_sum": med / ref,
+            "last_logs": last_logs[name],
+        }
     return results
 
 
@@ -139,13 +153,19 @@ def main(argv=None):
     n_head = sum(p.numel() for p in base.decode_head.parameters())
     report = {
         "device": str(device),
-        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                        else platform.processor() or platform.machine()),
+        "device_name": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+        ),
         "torch": torch.__version__,
         "threads": args.threads,
-        "batch": b, "size": s, "width": args.width, "classes": args.classes,
-        "params": n_params, "head_params": n_head,
-        "iters": args.iters, "warmup": args.warmup,
+        "batch": b,
+        "size": s,
+        "width": args.width,
+        "classes": args.classes,
+        "params": n_params,
+        "head_params": n_head,
+        "iters": args.iters,
+        "warmup": args.warmup,
         "results": results,
     }
     out = Path(args.out)

@@ -12,6 +12,7 @@ transfer: the benchmark is meant to keep this figure well below what a network r
 
 Writes a JSON record (default ``benchmarks/results/colour_classifier.json``) and prints a line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,10 @@ def _bins(img: np.ndarray) -> np.ndarray:
 
 def _render(key: str, n: int, start: int, args) -> list[tuple[np.ndarray, np.ndarray]]:
     dom = "source" if key == "source" else "target"
-    return [render_scene(image_rng(args.seed, key, i), dom, tuple(args.size), args.shift, args.profile)
-            for i in range(start, start + n)]
+    return [
+        render_scene(image_rng(args.seed, key, i), dom, tuple(args.size), args.shift, args.profile)
+        for i in range(start, start + n)
+    ]
 
 
 def _miou(pairs, table: np.ndarray) -> float:
@@ -46,8 +49,9 @@ def _miou(pairs, table: np.ndarray) -> float:
     for img, lab in pairs:
         m = lab < NUM_CLASSES
         pred = table[_bins(img)[m]]
-        conf += np.bincount(lab[m].astype(np.int64) * NUM_CLASSES + pred,
-                            minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
+        conf += np.bincount(lab[m].astype(np.int64) * NUM_CLASSES + pred, minlength=NUM_CLASSES**2).reshape(
+            NUM_CLASSES, NUM_CLASSES
+        )
     tp = np.diag(conf).astype(float)
     denom = conf.sum(0) + conf.sum(1) - tp
     present = conf.sum(1) > 0
@@ -65,24 +69,37 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "colour_classifier.json")
     args = ap.parse_args(argv)
 
-    counts = np.zeros((BINS ** 3, NUM_CLASSES), np.int64)
+    counts = np.zeros((BINS**3, NUM_CLASSES), np.int64)
     for img, lab in _render("source", args.n_train, 0, args):
         m = lab < NUM_CLASSES
-        counts += np.bincount(_bins(img)[m] * NUM_CLASSES + lab[m], minlength=BINS ** 3 * NUM_CLASSES).reshape(
-            BINS ** 3, NUM_CLASSES)
+        counts += np.bincount(_bins(img)[m] * NUM_CLASSES + lab[m], minlength=BINS**3 * NUM_CLASSES).reshape(
+            BINS**3, NUM_CLASSES
+        )
     table = counts.argmax(1)
-    rec = {"generator_version": GENERATOR_VERSION, "profile": args.profile, "shift": args.shift,
-           "size": list(args.size), "seed": args.seed, "n_train": args.n_train, "n_test": args.n_test,
-           "bins_per_channel": BINS,
-           "miou_source_heldout": round(100 * _miou(_render("source", args.n_test, args.n_train, args), table), 1),
-           "miou_target_val": round(100 * _miou(_render("target_val", args.n_test, 0, args), table), 1)}
-    print(f"colour classifier (v{GENERATOR_VERSION}, profile {args.profile}, shift {args.shift}): "
-          f"mIoU {rec['miou_source_heldout']} on held-out source, {rec['miou_target_val']} on target val")
+    rec = {
+        "generator_version": GENERATOR_VERSION,
+        "profile": args.profile,
+        "shift": args.shift,
+        "size": list(args.size),
+        "seed": args.seed,
+        "n_train": args.n_train,
+        "n_test": args.n_test,
+        "bins_per_channel": BINS,
+        "miou_source_heldout": round(100 * _miou(_render("source", args.n_test, args.n_train, args), table), 1),
+        "miou_target_val": round(100 * _miou(_render("target_val", args.n_test, 0, args), table), 1),
+    }
+    print(
+        f"colour classifier (v{GENERATOR_VERSION}, profile {args.profile}, shift {args.shift}): "
+        f"mIoU {rec['miou_source_heldout']} on held-out source, {rec['miou_target_val']} on target val"
+    )
     records = []
     if args.out.is_file():
-        records = [r for r in json.loads(args.out.read_text()) if
-                   (r["generator_version"], r["profile"], r["shift"], r["size"]) !=
-                   (rec["generator_version"], rec["profile"], rec["shift"], rec["size"])]
+        records = [
+            r
+            for r in json.loads(args.out.read_text())
+            if (r["generator_version"], r["profile"], r["shift"], r["size"])
+            != (rec["generator_version"], rec["profile"], rec["shift"], rec["size"])
+        ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(records + [rec], indent=1) + "\n")
     return rec

@@ -14,6 +14,7 @@ Measured in one process, on the same batches, with warm-up steps excluded (media
 timing does not depend on the weights) and is meant for a GPU (``--device cuda --amp bf16``), to
 compare with DAFormer's published 9.7 GB / ~1.4 s per iteration on an RTX 2080 Ti.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         return "unknown"
 
@@ -60,11 +65,13 @@ def synthetic_batch(cfg, device, gen):
     def part(b, labelled=True):
         lab = torch.randint(0, K, (b, h, w), generator=gen)
         lab[:, : h // 16] = 255
-        return {"image": torch.randn(b, 3, h, w, generator=gen).to(device),
-                "label": (lab if labelled else torch.full_like(lab, 255)).to(device),
-                "index": torch.arange(b).to(device),
-                "crop_box": torch.tensor([[0.0, 0.0, 1.0, 1.0]] * b).to(device),
-                "flip": torch.zeros(b, dtype=torch.bool).to(device)}
+        return {
+            "image": torch.randn(b, 3, h, w, generator=gen).to(device),
+            "label": (lab if labelled else torch.full_like(lab, 255)).to(device),
+            "index": torch.arange(b).to(device),
+            "crop_box": torch.tensor([[0.0, 0.0, 1.0, 1.0]] * b).to(device),
+            "flip": torch.zeros(b, dtype=torch.bool).to(device),
+        }
 
     return {"source": part(cfg.data.batch_source), "target": part(cfg.data.batch_target, labelled=False)}
 
@@ -85,8 +92,11 @@ def time_strategy(cfg, device, steps: int, warmup: int, batches, prepared=None) 
     extra = [p for p in strategy.parameters() if p.requires_grad and not getattr(p, "_balda_own_opt", False)]
     opt, sched = build_optimizer(model, cfg.optim, 10**6, extra=extra)
     params = [p for g in opt.param_groups for p in g["params"]]
-    shared = [p for p in (model.decode_head.parameters() if cfg.balancing.gh.params == "decoder"
-                          else model.parameters()) if p.requires_grad]
+    shared = [
+        p
+        for p in (model.decode_head.parameters() if cfg.balancing.gh.params == "decoder" else model.parameters())
+        if p.requires_grad
+    ]
     combiner = build_combiner(cfg.balancing)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp) if device.type == "cuda" else None
     times = []
@@ -130,14 +140,21 @@ def make_cpsl_prepared(cfg, device, tmp: Path) -> Path:
 
     h, w = cfg.data.crop
     model = build_model(replace(cfg.model, pretrained=None)).to(device).eval()
-    prepare_cpsl(model, Fake(max(cfg.data.batch_target, 4), h, w), tmp, cfg.data.mean, cfg.data.std, device,
-                 pseudo_stride=cfg.method.cpsl.pseudo_stride, progress=False)
+    prepare_cpsl(
+        model,
+        Fake(max(cfg.data.batch_target, 4), h, w),
+        tmp,
+        cfg.data.mean,
+        cfg.data.std,
+        device,
+        pseudo_stride=cfg.method.cpsl.pseudo_stride,
+        progress=False,
+    )
     return tmp
 
 
 def presets(name: str):
-    from balda.config import resolve_config
-    from balda.config import load_config
+    from balda.config import load_config, resolve_config
 
     if name == "streets":
         base = ["train.progress=false"]
@@ -145,34 +162,64 @@ def presets(name: str):
         rows = [
             ("source_only", "streets/source_only", [], None),
             ("self_training", *st, None),
-            ("self_training+gbw", st[0], ["balancing.class_weights=gbw", "balancing.gbw.mode=scale_free"],
-             "self_training"),
+            (
+                "self_training+gbw",
+                st[0],
+                ["balancing.class_weights=gbw", "balancing.gbw.mode=scale_free"],
+                "self_training",
+            ),
             ("self_training+gh (all)", st[0], ["balancing.combiner=gh"], "self_training"),
-            ("self_training+gh (decoder)", st[0], ["balancing.combiner=gh", "balancing.gh.params=decoder"],
-             "self_training"),
+            (
+                "self_training+gh (decoder)",
+                st[0],
+                ["balancing.combiner=gh", "balancing.gh.params=decoder"],
+                "self_training",
+            ),
             ("advent", "streets/advent", [], None),
             ("advent+gbw", "streets/advent", ["balancing.class_weights=gbw"], "advent"),
             ("advent+gh (all)", "streets/advent", ["balancing.combiner=gh"], "advent"),
-            ("advent+gh (decoder)", "streets/advent", ["balancing.combiner=gh", "balancing.gh.params=decoder"],
-             "advent"),
+            (
+                "advent+gh (decoder)",
+                "streets/advent",
+                ["balancing.combiner=gh", "balancing.gh.params=decoder"],
+                "advent",
+            ),
             ("advent+gh++ (all)", "streets/advent", ["balancing.combiner=gh++"], "advent"),
             ("minent", "streets/minent", [], None),
             ("minent+gh (all)", "streets/minent", ["balancing.combiner=gh"], "minent"),
             ("cpsl (stage 1)", "streets/cpsl", [], "self_training"),
         ]
         return [(n, load_config(resolve_config(c), base + o), b) for n, c, o, b in rows]
-    real = ["train.progress=false", "data.crop=[512, 512]", "data.batch_source=2", "data.batch_target=2",
-            "model.pretrained=null", "method.self_training.imnet_model=null"]
+    real = [
+        "train.progress=false",
+        "data.crop=[512, 512]",
+        "data.batch_source=2",
+        "data.batch_target=2",
+        "model.pretrained=null",
+        "method.self_training.imnet_model=null",
+    ]
     rows = [
         ("deeplabv2-r101 source_only", "gta2cs/deeplabv2_source_only", [], None),
         ("deeplabv2-r101 advent", "gta2cs/deeplabv2_advent", [], None),
-        ("deeplabv2-r101 advent+gh (all)", "gta2cs/deeplabv2_advent", ["balancing.combiner=gh"],
-         "deeplabv2-r101 advent"),
+        (
+            "deeplabv2-r101 advent+gh (all)",
+            "gta2cs/deeplabv2_advent",
+            ["balancing.combiner=gh"],
+            "deeplabv2-r101 advent",
+        ),
         ("daformer-b5 self_training", "gta2cs/daformer_self_training", [], None),
-        ("daformer-b5 self_training+gbw", "gta2cs/daformer_self_training", ["balancing.class_weights=gbw"],
-         "daformer-b5 self_training"),
-        ("daformer-b5 self_training+gh (decoder)", "gta2cs/daformer_self_training",
-         ["balancing.combiner=gh", "balancing.gh.params=decoder"], "daformer-b5 self_training"),
+        (
+            "daformer-b5 self_training+gbw",
+            "gta2cs/daformer_self_training",
+            ["balancing.class_weights=gbw"],
+            "daformer-b5 self_training",
+        ),
+        (
+            "daformer-b5 self_training+gh (decoder)",
+            "gta2cs/daformer_self_training",
+            ["balancing.combiner=gh", "balancing.gh.params=decoder"],
+            "daformer-b5 self_training",
+        ),
     ]
     return [(n, load_config(resolve_config(c), real + o), b) for n, c, o, b in rows]
 
@@ -192,8 +239,10 @@ class RandomTarget:
         import numpy as np
 
         rng = np.random.default_rng(i)
-        return (rng.integers(0, 255, (self.h, self.w, 3), dtype=np.uint8),
-                rng.integers(0, 19, (self.h, self.w)).astype(np.uint8))
+        return (
+            rng.integers(0, 255, (self.h, self.w, 3), dtype=np.uint8),
+            rng.integers(0, 19, (self.h, self.w)).astype(np.uint8),
+        )
 
 
 def time_inference(model, ds, cfg, device) -> float:
@@ -204,8 +253,7 @@ def time_inference(model, ds, cfg, device) -> float:
     evaluate(model, ds, replace(cfg.eval, max_images=2), cfg.data.mean, cfg.data.std, device=device, progress=False)
     _sync(device)
     t = time.perf_counter()
-    evaluate(model, ds, replace(cfg.eval, max_images=None), cfg.data.mean, cfg.data.std, device=device,
-             progress=False)
+    evaluate(model, ds, replace(cfg.eval, max_images=None), cfg.data.mean, cfg.data.std, device=device, progress=False)
     _sync(device)
     return time.perf_counter() - t
 
@@ -228,7 +276,7 @@ def write_section(md: Path, marker: str, section: str) -> None:
     if marker in old:
         head, _, rest = old.partition(marker)
         nxt = rest.find("\n## ")
-        old = head + (rest[nxt + 1:] if nxt >= 0 else "")
+        old = head + (rest[nxt + 1 :] if nxt >= 0 else "")
     md.write_text(old.rstrip() + "\n\n" + section)
 
 
@@ -264,29 +312,46 @@ def main(argv=None) -> int:
                 r["vs_base"] = r["step_s"] / results[base]["step_s"]
                 r["base"] = base
             results[name] = r
-            print(f"{name:<42} {r['step_s'] * 1000:9.1f} ms/step" +
-                  (f"  x{r['vs_base']:.2f} vs {base}" if "vs_base" in r else ""), flush=True)
+            print(
+                f"{name:<42} {r['step_s'] * 1000:9.1f} ms/step"
+                + (f"  x{r['vs_base']:.2f} vs {base}" if "vs_base" in r else ""),
+                flush=True,
+            )
         first = rows[0][1]
         extra = time_eval(first, device, args.eval_images) if args.preset == "streets" else {}
-    meta = {"commit": _commit(), "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "preset": args.preset,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "amp": args.amp,
-            "date": time.strftime("%Y-%m-%d")}
+    meta = {
+        "commit": _commit(),
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "preset": args.preset,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "amp": args.amp,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "steps": results, "throughput": extra}, indent=1))
-    lines = [f"## Performance ({args.preset} preset)", "",
-             f"Measured by `python benchmarks/run_all.py --preset {args.preset} --device {args.device}` at commit "
-             f"`{meta['commit']}` on {meta['device']} ({meta['machine']}, torch {meta['torch']}, "
-             f"{meta['threads']} threads, amp {args.amp}), {meta['date']}. Median of {args.steps} steps after "
-             f"{args.warmup} warm-up steps; same synthetic batches for every row.", "",
-             "| strategy | s/iter | vs base | peak memory (MB; CPU: process max RSS so far) |", "|---|---|---|---|"]
+    lines = [
+        f"## Performance ({args.preset} preset)",
+        "",
+        f"Measured by `python benchmarks/run_all.py --preset {args.preset} --device {args.device}` at commit "
+        f"`{meta['commit']}` on {meta['device']} ({meta['machine']}, torch {meta['torch']}, "
+        f"{meta['threads']} threads, amp {args.amp}), {meta['date']}. Median of {args.steps} steps after "
+        f"{args.warmup} warm-up steps; same synthetic batches for every row.",
+        "",
+        "| strategy | s/iter | vs base | peak memory (MB; CPU: process max RSS so far) |",
+        "|---|---|---|---|",
+    ]
     for name, r in results.items():
         vs = f"{r['vs_base']:.2f}x {r['base']}" if "vs_base" in r else "–"
         lines.append(f"| {name} | {r['step_s']:.3f} | {vs} | {r['peak_mb']:.0f} |")
     if extra:
-        lines += ["", f"Evaluation: {extra['eval_images_per_s']:.1f} images/s at {extra['eval_image_hw'][0]}x"
-                      f"{extra['eval_image_hw'][1]} (whole-image inference + confusion matrix). Acquisition "
-                      "rounds vs an inference pass: `bench_acquire.py`, section *Acquisition*."]
+        lines += [
+            "",
+            f"Evaluation: {extra['eval_images_per_s']:.1f} images/s at {extra['eval_image_hw'][0]}x"
+            f"{extra['eval_image_hw'][1]} (whole-image inference + confusion matrix). Acquisition "
+            "rounds vs an inference pass: `bench_acquire.py`, section *Acquisition*.",
+        ]
     section = "\n".join(lines) + "\n"
     write_section(Path(args.markdown), f"## Performance ({args.preset} preset)", section)
     print(f"\nwritten to {args.markdown} and {args.out}")

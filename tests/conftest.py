@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny embedded benchmark and configs that train in seconds."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,19 +30,32 @@ TINY_MODEL = ["model.name=small", "model.pretrained=null", "model.width=8", "mod
 
 
 def tiny_overrides(data: Path, out: Path, name: str = "run", iters: int = 4) -> list[str]:
-    return [f"name={name}", f"out_dir={out}", f"train.iters={iters}", "train.log_every=1", "train.ckpt_every=2",
-            "train.progress=false", "train.tensorboard=false", "data.crop=[32, 64]", "data.batch_source=2",
-            "data.batch_target=2", *TINY_MODEL, f"data.source.root={data / 'source'}",
-            f"data.target.root={data / 'target'}", f"data.val.root={data / 'target'}"]
+    return [
+        f"name={name}",
+        f"out_dir={out}",
+        f"train.iters={iters}",
+        "train.log_every=1",
+        "train.ckpt_every=2",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "data.crop=[32, 64]",
+        "data.batch_source=2",
+        "data.batch_target=2",
+        *TINY_MODEL,
+        f"data.source.root={data / 'source'}",
+        f"data.target.root={data / 'target'}",
+        f"data.val.root={data / 'target'}",
+    ]
 
 
 @pytest.fixture
 def tiny_config(tiny_streets, tmp_path):
     """``tiny_config(method_config, *overrides)`` -> Config of a seconds-long run on the tiny benchmark."""
-    from balda.config import resolve_config
-    from balda.config import load_config
+    from balda.config import load_config, resolve_config
 
     def make(config: str = "streets/source_only", *overrides: str, iters: int = 4, name: str = "run"):
-        return load_config(resolve_config(config), tiny_overrides(tiny_streets, tmp_path, name, iters) + list(overrides))
+        return load_config(
+            resolve_config(config), tiny_overrides(tiny_streets, tmp_path, name, iters) + list(overrides)
+        )
 
     return make

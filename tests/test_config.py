@@ -4,8 +4,10 @@ from balda.config import Config, ConfigError, load_config, parse_overrides
 
 
 def test_defaults_and_overrides():
-    cfg = load_config(None, ["train.iters=7", "data.crop=[64, 32]", "model.pretrained=null", "optim.lr=1e-3",
-                             "method.name=self_training"])
+    cfg = load_config(
+        None,
+        ["train.iters=7", "data.crop=[64, 32]", "model.pretrained=null", "optim.lr=1e-3", "method.name=self_training"],
+    )
     assert isinstance(cfg, Config)
     assert cfg.train.iters == 7 and cfg.data.crop == [64, 32] and cfg.model.pretrained is None
     assert cfg.optim.lr == pytest.approx(1e-3) and cfg.method.name == "self_training"
@@ -15,13 +17,16 @@ def test_int_is_accepted_for_float():
     assert load_config(None, ["optim.lr=1"]).optim.lr == 1.0
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("train.iterz=3", "train.iterz"),
-    ("train.iters=abc", "train.iters"),
-    ("method.name=nope", "method.name"),
-    ("data.crop=5", "data.crop"),
-    ("train.progress=1", "train.progress"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.iterz=3", "train.iterz"),
+        ("train.iters=abc", "train.iters"),
+        ("method.name=nope", "method.name"),
+        ("data.crop=5", "data.crop"),
+        ("train.progress=1", "train.progress"),
+    ],
+)
 def test_bad_values_name_the_key(override, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
         load_config(None, [override])

@@ -8,6 +8,7 @@ values are parsed as YAML (``[512, 512]``, ``null``, ``1e-4``).
 Validation is strict: an unknown key, a value of the wrong type or a choice outside its ``Literal``
 set raises :class:`ConfigError` naming the dotted key and the file it came from.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +21,6 @@ from typing import Any, Literal, Optional
 import yaml
 
 from balda.core.errors import ConfigError
-
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -193,7 +193,7 @@ class MethodConfig:
         return f"MethodConfig(name={self.name!r}, sections={sorted(self._sections)})"
 
     @classmethod
-    def from_dict(cls, data: dict, prefix: str = "method", source: str = "") -> "MethodConfig":
+    def from_dict(cls, data: dict, prefix: str = "method", source: str = "") -> MethodConfig:
         from balda.core.registry import STRATEGIES
 
         where = f" in {source}" if source else ""
@@ -206,8 +206,10 @@ class MethodConfig:
             if key == "name":
                 continue
             if key not in STRATEGIES:
-                raise ConfigError(f"unknown config key {prefix + '.' + str(key)!r}{where}: no strategy {key!r} is "
-                                  f"registered (method sections: {', '.join(STRATEGIES.names())})")
+                raise ConfigError(
+                    f"unknown config key {prefix + '.' + str(key)!r}{where}: no strategy {key!r} is "
+                    f"registered (method sections: {', '.join(STRATEGIES.names())})"
+                )
             spec = STRATEGIES.get(key)
             if spec.config is None:
                 raise ConfigError(f"{prefix}.{key!s}{where}: strategy {key!r} takes no options")
@@ -387,8 +389,12 @@ def _from_dict(cls: type, data: dict, prefix: str = "", source: str = "") -> Any
         if k not in names:
             close = [n for n in names if n.startswith(str(k)[:3])]
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown config key {key!r}" + (f" in {source}" if source else "") + hint
-                              + f"; valid keys here: {sorted(names)}")
+            raise ConfigError(
+                f"unknown config key {key!r}"
+                + (f" in {source}" if source else "")
+                + hint
+                + f"; valid keys here: {sorted(names)}"
+            )
         kwargs[k] = _coerce(v, hints[k], key, source)
     default = cls()
     for f in dataclasses.fields(cls):
@@ -504,6 +510,8 @@ def resolve_config(name: str | Path) -> Path:
 
 def shipped_configs() -> list[str]:
     """Names of the shipped configs (``streets/self_training`` ...), without the ``_base`` files."""
-    return sorted(str(p.relative_to(CONFIG_ROOT).with_suffix("")) for p in CONFIG_ROOT.rglob("*.yaml")
-                  if not p.name.startswith("_"))
-
+    return sorted(
+        str(p.relative_to(CONFIG_ROOT).with_suffix(""))
+        for p in CONFIG_ROOT.rglob("*.yaml")
+        if not p.name.startswith("_")
+    )

@@ -1,4 +1,5 @@
 """acquire_round end to end with a tiny model and a tiny fake target set; resume; plots."""
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ from balda.active.acquire import acquire_round, per_image_budget, plot_round, ro
 from balda.active.annotator import LabelStore, OracleAnnotator
 from balda.active.select import greedy_select_parallel, regions_to_mask
 from balda.config import ActiveConfig, CBDAConfig
-from balda.models.base import SegOutput, Segmentor
+from balda.models.base import Segmentor, SegOutput
 
 K = 4
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
@@ -47,7 +48,7 @@ class FakeTarget:
             lab[: H // 3] = 1
             for c in (2, 3):
                 y, x = rng.integers(0, H - 4), rng.integers(0, W - 4)
-                lab[y: y + 4, x: x + 4] = c
+                lab[y : y + 4, x : x + 4] = c
             lab[-2:] = 255
             self.labels.append(lab)
 
@@ -60,8 +61,7 @@ class FakeTarget:
 
 def _cfg(**kw):
     cbda = kw.pop("cbda", CBDAConfig())
-    base = dict(enabled=True, selection="ripu", mode="region", budget=0.1, rounds=[0.25, 0.5], radius=1,
-                pixel_radius=3)
+    base = dict(enabled=True, selection="ripu", mode="region", budget=0.1, rounds=[0.25, 0.5], radius=1, pixel_radius=3)
     base.update(kw)
     return ActiveConfig(**base, cbda=cbda)
 
@@ -73,8 +73,12 @@ def _masks(store, ds):
 def _run(tmp, ds, cfg, rounds=(0,), model=None, **kw):
     store = LabelStore(tmp, num_classes=K)
     model = model or TinySeg()
-    out = [acquire_round(model, ds, store, cfg, r, len(cfg.rounds), MEAN, STD, "cpu", OracleAnnotator(ds),
-                         progress=False, **kw) for r in rounds]
+    out = [
+        acquire_round(
+            model, ds, store, cfg, r, len(cfg.rounds), MEAN, STD, "cpu", OracleAnnotator(ds), progress=False, **kw
+        )
+        for r in rounds
+    ]
     return store, out
 
 
@@ -91,8 +95,9 @@ def test_ripu_region_round_end_to_end(tmp_path):
     sel = store.load_selection(0)
     # Reference pipeline for image 0: upsampled logits -> RIPU scores -> greedy.
     with torch.no_grad():
-        x = (torch.from_numpy(ds.images[0]).permute(2, 0, 1)[None].float()
-             - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+        x = (
+            torch.from_numpy(ds.images[0]).permute(2, 0, 1)[None].float() - torch.tensor(MEAN).view(1, 3, 1, 1)
+        ) / torch.tensor(STD).view(1, 3, 1, 1)
         logits = nn.functional.interpolate(model(x).logits, size=(24, 32), mode="bilinear", align_corners=False)
     ys, xs = greedy_select_parallel(score_image(logits, cfg), 2, n_i)
     np.testing.assert_array_equal(sel["picks"][0][0], ys.numpy())
@@ -122,8 +127,9 @@ def test_resume_returns_stats_and_identical_masks(tmp_path):
         def forward(self, x):
             raise AssertionError("a finished round must not be recomputed")
 
-    again = acquire_round(Boom(), ds, LabelStore(tmp_path / "a", num_classes=K), cfg, 0, 2, MEAN, STD, "cpu",
-                          progress=False)
+    again = acquire_round(
+        Boom(), ds, LabelStore(tmp_path / "a", num_classes=K), cfg, 0, 2, MEAN, STD, "cpu", progress=False
+    )
     assert again["resumed"] is True
     assert {k: v for k, v in again.items() if k != "resumed"} == {k: v for k, v in stats.items() if k != "resumed"}
     for n, (lab, acq) in _masks(store, ds).items():
@@ -175,7 +181,7 @@ def test_cbda_dynamic_honours_global_budget(tmp_path, class_balance):
         assert st["picks"] == st["budget"] == K_round and st["shortfall"] == 0
         sel = store.load_selection(r)
         assert sum(len(p[0]) for p in sel["picks"].values()) == K_round
-        for i, (ys, xs) in sel["picks"].items():
+        for _i, (ys, xs) in sel["picks"].items():
             windows = sum(regions_to_mask([y], [x], 1, (24, 32)).int() for y, x in zip(ys, xs))
             assert int(windows.max()) == 1
     if class_balance:

@@ -1,4 +1,5 @@
 """Annotator and LabelStore: oracle labels, PNG masks + manifest round trip, label_filter."""
+
 from __future__ import annotations
 
 import pickle

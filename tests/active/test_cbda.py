@@ -1,4 +1,5 @@
 """CBDA: class weights, re-weighted scores, dynamic global selection, balance vs RIPU."""
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,9 @@ def test_alternative_weights_and_uniform():
     np.testing.assert_allclose(class_weights(counts, "median_freq", clip=None).numpy(), ref / ref.mean(), rtol=1e-5)
     beta = 0.99
     ref = (1 - beta) / (1 - beta ** np.maximum(counts, 1))
-    np.testing.assert_allclose(class_weights(counts, "effective_number", clip=None, beta=beta).numpy(),
-                               ref / ref.mean(), rtol=1e-5)
+    np.testing.assert_allclose(
+        class_weights(counts, "effective_number", clip=None, beta=beta).numpy(), ref / ref.mean(), rtol=1e-5
+    )
     assert torch.equal(class_weights(np.zeros(5)), torch.ones(5))
     with pytest.raises(ValueError):
         class_weights(counts, "nope")
@@ -55,7 +57,7 @@ def test_reweight_center_and_region_against_reference():
     wp = w[pred].numpy()
     for y in range(6):
         for x in range(7):
-            ref[y, x] = score[y, x].item() * wp[max(0, y - 1): y + 2, max(0, x - 1): x + 2].mean()
+            ref[y, x] = score[y, x].item() * wp[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2].mean()
     np.testing.assert_allclose(r.numpy(), ref, rtol=1e-5)
     assert r[0, 0] == float("-inf")
 
@@ -109,8 +111,9 @@ def test_dynamic_select_budget_exact_no_overlap_and_equals_global_greedy(factor)
 
 def test_dynamic_select_shortfall_when_candidates_run_out():
     maps = [torch.rand(5, 5), torch.rand(5, 5)]
-    res = dynamic_select(lambda i, m: greedy_select_parallel(maps[i], 2, m, return_scores=True), 2, 50,
-                         [3, 3], max_passes=5)
+    res = dynamic_select(
+        lambda i, m: greedy_select_parallel(maps[i], 2, m, return_scores=True), 2, 50, [3, 3], max_passes=5
+    )
     available = sum(len(greedy_select_parallel(m, 2, None)[0]) for m in maps)
     assert res.selected == available and res.shortfall == 50 - available  # every candidate taken
     assert res.saturated == 0
@@ -128,7 +131,7 @@ def _scene(seed, n=6, H=40, W=48):
         for c, count, size in [(2, int(rng.integers(1, 6)), 5), (3, int(rng.integers(0, 5)), 3)]:
             for _ in range(count):
                 y, x = rng.integers(0, H - size), rng.integers(0, W - size)
-                p[y: y + size, x: x + size] = c
+                p[y : y + size, x : x + size] = c
         s = rng.random((H, W)) * np.where(p <= 1, 1.0, 0.6)
         preds.append(torch.from_numpy(p))
         scores.append(torch.from_numpy(s.astype(np.float32)))
@@ -154,8 +157,12 @@ def test_cbda_labelled_set_more_balanced_than_ripu(seed, variant):
     freq = np.bincount(torch.cat([p.reshape(-1) for p in preds]).numpy(), minlength=K)
     w = class_weights(freq, "power", alpha=0.5, clip=(0.2, 5.0))
     ws = [reweight_scores(s, p, w, variant, 1) for s, p in zip(scores, preds)]
-    res = dynamic_select(lambda i, m: greedy_select_parallel(ws[i], 2, m, return_scores=True), len(ws),
-                         n_i * len(ws), [4 * n_i] * len(ws))
+    res = dynamic_select(
+        lambda i, m: greedy_select_parallel(ws[i], 2, m, return_scores=True),
+        len(ws),
+        n_i * len(ws),
+        [4 * n_i] * len(ws),
+    )
     assert res.selected == n_i * len(ws) == sum(len(r[0]) for r in ripu.values())  # same budget
     h_ripu, h_cbda = hist(ripu), hist(res.picks)
     assert kl_to_uniform(h_cbda) < kl_to_uniform(h_ripu)

@@ -1,4 +1,5 @@
 """RIPU scores against brute-force per-pixel references (small maps, borders, random K)."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from balda.active.scores import (box_sum, impurity, region_uncertainty, ripu_pixel_scores, ripu_region_scores,
-                                 uncertainty, window_area)
+from balda.active.scores import (
+    box_sum,
+    impurity,
+    region_uncertainty,
+    ripu_pixel_scores,
+    ripu_region_scores,
+    uncertainty,
+    window_area,
+)
 
 
 def _window(y, x, r, H, W):

@@ -1,4 +1,5 @@
 """Exact parallel greedy == sequential greedy; non-overlap; exact budget; labelled pixels."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -72,7 +73,7 @@ def test_regions_to_mask_reference_and_borders():
     m = regions_to_mask(ys, xs, 1, (H, W))
     ref = np.zeros((H, W), bool)
     for y, x in zip(ys, xs):
-        ref[max(0, y - 1): y + 2, max(0, x - 1): x + 2] = True
+        ref[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] = True
     np.testing.assert_array_equal(m.numpy(), ref)
     assert regions_to_mask([], [], 1, (H, W)).sum() == 0
     assert int(regions_to_mask(ys, xs, 0, (H, W)).sum()) == 3
@@ -97,8 +98,12 @@ def test_window_max_matches_reference(radius):
     x = rng.random((9, 23)).astype(np.float32)
     x[rng.random(x.shape) < 0.2] = -1.0
     got = _window_max(torch.from_numpy(x), radius).numpy()
-    ref = np.array([[x[max(0, y - radius): y + radius + 1, max(0, c - radius): c + radius + 1].max()
-                     for c in range(23)] for y in range(9)])
+    ref = np.array(
+        [
+            [x[max(0, y - radius) : y + radius + 1, max(0, c - radius) : c + radius + 1].max() for c in range(23)]
+            for y in range(9)
+        ]
+    )
     np.testing.assert_array_equal(got, ref)
     # Large suppression radius (the VHGW path) also agrees with the sequential greedy.
     s = torch.from_numpy(rng.integers(0, 5, (30, 40)).astype(np.float32))

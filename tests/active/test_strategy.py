@@ -1,4 +1,5 @@
 """ActiveStrategy (src/balda/active/strategy.py): each loss against a brute-force computation."""
+
 from __future__ import annotations
 
 import math
@@ -8,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from balda.config import ActiveConfig
 from balda.active.strategy import ActiveStrategy, label_interior_mask, local_consistency_loss, negative_learning_loss
+from balda.config import ActiveConfig
 from balda.methods.base import StepOutput, Strategy
 from balda.methods.losses import weighted_cross_entropy
-from balda.models.base import SegOutput, Segmentor
+from balda.models.base import Segmentor, SegOutput
 
 K = 3
 
@@ -40,8 +41,10 @@ class SourceCE(Strategy):
 
     def compute_losses(self, model, batch, step):
         logits = model(batch["source"]["image"]).logits
-        return StepOutput(losses={"source.ce": weighted_cross_entropy(logits, batch["source"]["label"])},
-                          logs={"x": torch.tensor(1.0)})
+        return StepOutput(
+            losses={"source.ce": weighted_cross_entropy(logits, batch["source"]["label"])},
+            logs={"x": torch.tensor(1.0)},
+        )
 
     def after_step(self, model, step):
         self.after += 1
@@ -55,8 +58,10 @@ def _batch(seed=0, B=2, H=6, W=7):
     src_lab[0, 0, 0] = 255
     tgt_lab = torch.full((B, H, W), 255)
     tgt_lab[:, 2:5, 2:5] = torch.randint(0, K, (B, 3, 3), generator=g)
-    return {"source": {"image": torch.randn(B, 3, H, W, generator=g), "label": src_lab, "index": torch.arange(B)},
-            "target": {"image": torch.randn(B, 3, H, W, generator=g), "label": tgt_lab, "index": torch.arange(B)}}
+    return {
+        "source": {"image": torch.randn(B, 3, H, W, generator=g), "label": src_lab, "index": torch.arange(B)},
+        "target": {"image": torch.randn(B, 3, H, W, generator=g), "label": tgt_lab, "index": torch.arange(B)},
+    }
 
 
 def ref_negative(logits):
@@ -75,10 +80,12 @@ def ref_local_consistency(logits, labels):
             for x in range(W):
                 if lab[b, y, x] == 255:
                     continue
-                nb = [(min(max(y + dy, 0), H - 1), min(max(x + dx, 0), W - 1))
-                      for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-                inside = [(y + dy, x + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
-                          if 0 <= y + dy < H and 0 <= x + dx < W]
+                nb = [
+                    (min(max(y + dy, 0), H - 1), min(max(x + dx, 0), W - 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                ]
+                inside = [
+                    (y + dy, x + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if 0 <= y + dy < H and 0 <= x + dx < W
+                ]
                 if any(lab[b, yy, xx] != lab[b, y, x] for yy, xx in inside):
                     continue  # on a label boundary (or next to ignore)
                 mean = sum(p[b, :, yy, xx] for yy, xx in nb) / 9.0
@@ -119,8 +126,9 @@ def test_active_strategy_losses_against_reference(reuse):
     model = TinySeg()
     base = SourceCE(model)
     cfg = ActiveConfig(enabled=True, lambda_labelled=1.5, lambda_negative=1.0, lambda_consistency=0.1)
-    strat = ActiveStrategy(base, model, lambda term: FixedWeights() if term == "active" else None, cfg,
-                           reuse_forward=reuse)
+    strat = ActiveStrategy(
+        base, model, lambda term: FixedWeights() if term == "active" else None, cfg, reuse_forward=reuse
+    )
     assert strat.uses_target_labels and isinstance(strat.active_ce.weighting, FixedWeights)
     batch = _batch()
     model.calls = 0
@@ -136,12 +144,18 @@ def test_active_strategy_losses_against_reference(reuse):
     w = [0.5, 2.0, 1.0]
     lab = batch["target"]["label"]
     logp = torch.log_softmax(tl, 1)
-    terms = [-w[int(lab[b, y, x])] * logp[b, int(lab[b, y, x]), y, x].item()
-             for b in range(2) for y in range(6) for x in range(7) if lab[b, y, x] != 255]
+    terms = [
+        -w[int(lab[b, y, x])] * logp[b, int(lab[b, y, x]), y, x].item()
+        for b in range(2)
+        for y in range(6)
+        for x in range(7)
+        if lab[b, y, x] != 255
+    ]
     assert out.losses["active.ce"].item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
     assert out.losses["active.neg"].item() == pytest.approx(ref_negative(tl), rel=1e-5)
-    assert out.losses["source.lc"].item() == pytest.approx(ref_local_consistency(sl, batch["source"]["label"]),
-                                                           rel=1e-5)
+    assert out.losses["source.lc"].item() == pytest.approx(
+        ref_local_consistency(sl, batch["source"]["label"]), rel=1e-5
+    )
     out.total().backward()
     assert model.decode_head.weight.grad is not None
     assert strat.after_step(model, 3)["base"] == 3 and base.after == 1

@@ -1,4 +1,5 @@
 """Tests of balda.balancing.class_weights: GBW statistic and QP (specs/gbw.md), prior baselines, factory."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -61,10 +62,15 @@ def qp_scipy(g2, lam):
     a = (g2 + lam) / lam  # same minimiser as lam ||w||^2 - (g2 + lam).w, better conditioned
     a = a / (1 + np.abs(a).max())
     scale = 1 + np.abs((g2 + lam) / lam).max()
-    res = minimize(lambda w: (w @ w) / scale - a @ w, np.ones(K), jac=lambda w: 2 * w / scale - a,
-                   bounds=[(0.0, None)] * K, method="SLSQP",
-                   constraints=[{"type": "eq", "fun": lambda w: w.sum() - K, "jac": lambda w: np.ones(K)}],
-                   options={"ftol": 1e-13, "maxiter": 1000})
+    res = minimize(
+        lambda w: (w @ w) / scale - a @ w,
+        np.ones(K),
+        jac=lambda w: 2 * w / scale - a,
+        bounds=[(0.0, None)] * K,
+        method="SLSQP",
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - K, "jac": lambda w: np.ones(K)}],
+        options={"ftol": 1e-13, "maxiter": 1000},
+    )
     assert res.success, res.message
     return res.x
 
@@ -99,8 +105,20 @@ def assert_projection_kkt(v, w, total, tol):
 class Audit(TorchDispatchMode):
     """Records every aten op; flags host syncs and big integer/bool tensors (a one-hot)."""
 
-    SYNC = {"_local_scalar_dense", "nonzero", "masked_select", "bincount", "unique", "_unique",
-            "_unique2", "unique_consecutive", "unique_dim", "item", "equal", "is_nonzero"}
+    SYNC = {
+        "_local_scalar_dense",
+        "nonzero",
+        "masked_select",
+        "bincount",
+        "unique",
+        "_unique",
+        "_unique2",
+        "unique_consecutive",
+        "unique_dim",
+        "item",
+        "equal",
+        "is_nonzero",
+    }
 
     @classmethod
     def _should_skip_dynamo(cls):  # nothing is compiled here; avoids importing torch._dynamo (~2 s)
@@ -240,8 +258,7 @@ def numpy_projection_kkt_check(v, total, tol):
 
 
 @settings(max_examples=80, deadline=None)
-@given(v=st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=1, max_size=40),
-       total=st.floats(0.01, 100.0))
+@given(v=st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=1, max_size=40), total=st.floats(0.01, 100.0))
 def test_projection_properties(v, total):
     w = numpy_projection_kkt_check(v, total, 1e-9 * (1 + max(abs(x) for x in v)))
     # shift invariance and idempotence
@@ -285,8 +302,11 @@ def test_gbw_weights_equal_generic_qp_solver(case):
 
 
 @settings(max_examples=60, deadline=None)
-@given(g=st.lists(st.floats(0.0, 10.0, allow_nan=False), min_size=1, max_size=30),
-       lam=st.floats(1e-3, 1e3), mode=st.sampled_from(["faithful", "scale_free"]))
+@given(
+    g=st.lists(st.floats(0.0, 10.0, allow_nan=False), min_size=1, max_size=30),
+    lam=st.floats(1e-3, 1e3),
+    mode=st.sampled_from(["faithful", "scale_free"]),
+)
 def test_gbw_weights_kkt_property(g, lam, mode):
     g = np.asarray(g)
     w = gbw_weights(torch.tensor(g), lam, mode).numpy()
@@ -501,8 +521,9 @@ def test_class_balanced_weights():
 def test_build_weighting_none_and_apply_to():
     f = build_weighting(BalancingConfig(class_weights="none"), 19)
     assert all(f(t) is None for t in ("source", "target", "active"))
-    cfg = BalancingConfig(class_weights="gbw", apply_to=["source", "active"],
-                          gbw=GBWConfig(mode="scale_free", lam=0.3, ema=0.5))
+    cfg = BalancingConfig(
+        class_weights="gbw", apply_to=["source", "active"], gbw=GBWConfig(mode="scale_free", lam=0.3, ema=0.5)
+    )
     f = build_weighting(cfg, 19)
     a, b = f("source"), f("source")
     assert isinstance(a, GBW) and a is not b  # a fresh module per term
@@ -527,8 +548,9 @@ def test_build_weighting_prior_based(kind):
         build_weighting(BalancingConfig(class_weights=kind), 5, class_counts=counts)
     with pytest.raises(ConfigError, match="balancing.class_weights"):
         build_weighting(BalancingConfig(class_weights=kind), 4, class_counts=[0, 0, 0, 0])
-    f = build_weighting(BalancingConfig(class_weights=kind, apply_to=["source"], cb_beta=0.99), 4,
-                        class_counts=torch.tensor(counts))
+    f = build_weighting(
+        BalancingConfig(class_weights=kind, apply_to=["source"], cb_beta=0.99), 4, class_counts=torch.tensor(counts)
+    )
     m = f("source")
     assert isinstance(m, FixedClassWeights) and f("target") is None and m is not f("source")
     expected = inverse_frequency_weights(counts) if kind == "inverse_freq" else class_balanced_weights(counts, 0.99)

@@ -1,4 +1,5 @@
 """Combiners: the assembled gradients equal float64 autograd of the weighted loss (specs/gh.md)."""
+
 from __future__ import annotations
 
 import math
@@ -185,8 +186,9 @@ def test_ghpp_order_and_range(variant, first):
     comb = HarmonizingCombiner(variant, harmonic_range=0.3, first=first)
     _, _, _, params, logs = _run(comb)
     _assert_grads(params, ref["grads"])
-    up, down = (logs["gh/w_align"], logs["gh/w_task"]) if first == "alignment" else (logs["gh/w_task"],
-                                                                                    logs["gh/w_align"])
+    up, down = (
+        (logs["gh/w_align"], logs["gh/w_task"]) if first == "alignment" else (logs["gh/w_task"], logs["gh/w_align"])
+    )
     if variant == "gh++":
         assert float(up) > 1 > float(down)
 
@@ -264,8 +266,12 @@ def test_multi_term_groups_use_normalised_group_losses():
     torch.testing.assert_close(logs3["gh/w_task"], logs["gh/w_task"])
     # a zero-weight term is dropped; the others keep their relative weights
     w0 = dict(WEIGHTS, **{"target.adv": 0.0})
-    ref0 = _reference("gh", "all", weights={n: v for n, v in w0.items() if n != "target.adv"},
-                      names=[n for n in WEIGHTS if n != "target.adv"])
+    ref0 = _reference(
+        "gh",
+        "all",
+        weights={n: v for n, v in w0.items() if n != "target.adv"},
+        names=[n for n in WEIGHTS if n != "target.adv"],
+    )
     _, disc0, _, params0, _ = _run(HarmonizingCombiner("gh"), weights=w0)
     _assert_grads(params0, ref0["grads"])
     assert all(p.grad is None for p in disc0.parameters())
@@ -274,8 +280,7 @@ def test_multi_term_groups_use_normalised_group_losses():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_empty_group_falls_back_to_sum(variant):
     # no alignment term / all alignment weights 0 / no task term (everything is alignment)
-    for kw in ({"names": TASK}, {"weights": dict(WEIGHTS, **{n: 0.0 for n in WEIGHTS if n not in TASK})},
-               {"task": ()}):
+    for kw in ({"names": TASK}, {"weights": dict(WEIGHTS, **{n: 0.0 for n in WEIGHTS if n not in TASK})}, {"task": ()}):
         _, _, _, ps, _ = _run(SumCombiner(), **kw)
         expected = [None if p.grad is None else p.grad.clone() for p in ps]
         _, disc2, _, params2, logs2 = _run(HarmonizingCombiner(variant), **kw)
@@ -345,8 +350,9 @@ def test_invalid_arguments():
         HarmonizingCombiner("gh++", harmonic_range=1.5)
     net, disc, proto, data = _setup()
     with pytest.raises(ValueError, match="subset"):
-        HarmonizingCombiner("gh").backward(_out(net, disc, proto, data), list(net.decode_head.parameters()),
-                                           list(net.parameters()))
+        HarmonizingCombiner("gh").backward(
+            _out(net, disc, proto, data), list(net.decode_head.parameters()), list(net.parameters())
+        )
     with pytest.raises(ValueError):
         shared_parameters(net, "encoder")
 

@@ -1,4 +1,5 @@
 """GH / GH++ / PCGrad weights against their equations (specs/gh.md), in float64."""
+
 from __future__ import annotations
 
 import math
@@ -108,8 +109,7 @@ def test_ghpp_weights_equal_formula(k, cos):
     beta_max = phi - 90.0
     beta = k * beta_max
     assert float(w_1) == pytest.approx(1 + 2 * math.sin(math.radians(beta) / 2), rel=1e-12, abs=1e-12)
-    assert float(w_2) == pytest.approx(1 + 2 * math.sin(math.radians(beta - beta_max) / 2), rel=1e-12,
-                                       abs=1e-12)
+    assert float(w_2) == pytest.approx(1 + 2 * math.sin(math.radians(beta - beta_max) / 2), rel=1e-12, abs=1e-12)
 
 
 def test_ghpp_weights_sum_to_two_and_are_bounded_at_half_range():
@@ -249,8 +249,9 @@ def test_pcgrad_variant_projects_the_trade_off_weighted_gradients(seed):
     lam_a, lam_c = 0.1, 1.0
     d, na, nc = _stats(g_a, g_c)
     w_a, w_c = harmonized_weights("pcgrad", d, na, nc, lam_a, lam_c)
-    torch.testing.assert_close(w_a * lam_a * g_a + w_c * lam_c * g_c, pcgrad(lam_a * g_a, lam_c * g_c),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        w_a * lam_a * g_a + w_c * lam_c * g_c, pcgrad(lam_a * g_a, lam_c * g_c), rtol=1e-12, atol=1e-12
+    )
     # equal trade-offs: pcgrad == gh
     for lam in (1.0, 0.25):
         p = harmonized_weights("pcgrad", d, na, nc, lam, lam)

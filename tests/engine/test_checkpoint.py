@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from balda.core.checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_model_weights, rng_state,
-                                     set_rng_state)
+from balda.core.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    load_model_weights,
+    rng_state,
+    set_rng_state,
+)
 
 
 def test_atomic_save_roundtrip_and_no_temp_left(tmp_path):

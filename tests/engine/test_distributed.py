@@ -10,6 +10,7 @@ bit-identical. The float64 mechanism checks (global loss normalisation with unev
 GBW statistic, per-item random draws) are exact. CPSL is not covered (its Sinkhorn assignments and
 memory banks are per rank by design, see balda.core.dist).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -37,23 +38,25 @@ WORLD = 2
 #: name -> (config, overrides); global batches of 4 source and 4 target crops (2 per rank).
 CASES = {
     "source_only": ("streets/source_only", []),
-    "self_training_gbw": ("streets/self_training", ["balancing.class_weights=gbw",
-                                                    "balancing.gbw.mode=scale_free"]),
+    "self_training_gbw": ("streets/self_training", ["balancing.class_weights=gbw", "balancing.gbw.mode=scale_free"]),
     "advent": ("streets/advent", ["method.adversarial.lambda_adv=0.01"]),
     "advent_gh": ("streets/advent", ["method.adversarial.lambda_adv=0.01", "balancing.combiner=gh"]),
-    "minent_pcgrad_decoder": ("streets/minent", ["balancing.combiner=pcgrad", "balancing.gh.params=decoder",
-                                                 "method.minent.lambda_ent=0.1"]),
+    "minent_pcgrad_decoder": (
+        "streets/minent",
+        ["balancing.combiner=pcgrad", "balancing.gh.params=decoder", "method.minent.lambda_ent=0.1"],
+    ),
 }
 
 
 def _config(data: Path, out: Path, case: str, *extra: str):
-    from balda.config import resolve_config
-    from balda.config import load_config
+    from balda.config import load_config, resolve_config
 
     config, over = CASES[case]
-    return load_config(resolve_config(config), tiny_overrides(data, out, case, iters=STEPS) + [
-        "data.batch_source=4", "data.batch_target=4", "train.device=cpu", "optim.warmup_iters=0",
-        *over, *extra])
+    return load_config(
+        resolve_config(config),
+        tiny_overrides(data, out, case, iters=STEPS)
+        + ["data.batch_source=4", "data.batch_target=4", "train.device=cpu", "optim.warmup_iters=0", *over, *extra],
+    )
 
 
 def _freeze_bn(model: torch.nn.Module) -> None:
@@ -74,9 +77,10 @@ def _train(cfg) -> dict:
     for _ in range(STEPS):
         tr.train_step(next(loader))
         tr.step += 1
-    return {"model": {k: v.detach().clone() for k, v in tr.model.state_dict().items()},
-            "strategy": {k: v.detach().clone() for k, v in tr.strategy.state_dict().items()
-                         if isinstance(v, torch.Tensor)}}
+    return {
+        "model": {k: v.detach().clone() for k, v in tr.model.state_dict().items()},
+        "strategy": {k: v.detach().clone() for k, v in tr.strategy.state_dict().items() if isinstance(v, torch.Tensor)},
+    }
 
 
 def _global_batch():
@@ -117,15 +121,20 @@ def _mechanisms(rank: int) -> dict:
     loss.backward()
     grad = dist.all_reduce_mean_([b.grad])[0]  # what DDP does with the parameters' gradients
     total = dist.all_reduce_mean(loss.detach())  # the mean of the rank losses is the global loss
-    return {"ce_grad": (grad - b_full.grad).abs().max().item(), "ce_loss": (total - loss_full).abs().item(),
-            "gbw": (g - g_full).abs().max().item(), "rand": (r - r_full[sl]).abs().max().item(),
-            "finite_agreed_false": not agreed}
+    return {
+        "ce_grad": (grad - b_full.grad).abs().max().item(),
+        "ce_loss": (total - loss_full).abs().item(),
+        "gbw": (g - g_full).abs().max().item(),
+        "rand": (r - r_full[sl]).abs().max().item(),
+        "finite_agreed_false": not agreed,
+    }
 
 
 def _worker(rank: int, store: str, data: str, out: str, cases: list[str]) -> None:
     torch.set_num_threads(1)
-    torch_dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD,
-                                  timeout=datetime.timedelta(seconds=120))
+    torch_dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120)
+    )
     try:
         mech = _mechanisms(rank)
         marker = Path(out) / "main_first.txt"
@@ -141,8 +150,9 @@ def _worker(rank: int, store: str, data: str, out: str, cases: list[str]) -> Non
         mech["main_first_ordered"] = dist.main_first(first)
         torch.save(mech, Path(out) / f"mechanisms.rank{rank}.pt")
         for case in cases:
-            torch.save(_train(_config(Path(data), Path(out) / f"rank{rank}", case)),
-                       Path(out) / f"{case}.rank{rank}.pt")
+            torch.save(
+                _train(_config(Path(data), Path(out) / f"rank{rank}", case)), Path(out) / f"{case}.rank{rank}.pt"
+            )
         # a global batch that does not split over the ranks is a config error naming the key
         try:
             from balda.engine.trainer import Trainer
@@ -165,8 +175,13 @@ def ddp_runs(tiny_streets, tmp_path_factory):
     store = out / "store"
     try:
         # fork: the workers inherit the imported modules (a spawned worker would re-import torch and balda)
-        mp.start_processes(_worker, args=(str(store), str(tiny_streets), str(out), list(CASES)), nprocs=WORLD,
-                           join=True, start_method="fork")
+        mp.start_processes(
+            _worker,
+            args=(str(store), str(tiny_streets), str(out), list(CASES)),
+            nprocs=WORLD,
+            join=True,
+            start_method="fork",
+        )
     except Exception:
         errors = "\n".join(p.read_text() for p in sorted(out.glob("error.rank*.txt")))
         pytest.fail(f"DDP workers failed:\n{errors[-4000:]}")
@@ -177,7 +192,7 @@ def _assert_close(a: dict, b: dict, what: str, atol=1e-5, rtol=1e-4) -> None:
     assert a.keys() == b.keys(), what
     for k in a:
         if a[k].is_floating_point():
-            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=rtol, msg=lambda m: f"{what} {k}: {m}")
+            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=rtol, msg=lambda m, k=k: f"{what} {k}: {m}")
         else:
             assert torch.equal(a[k], b[k]), f"{what} {k}"
 
@@ -274,11 +289,25 @@ def test_single_process_helpers_are_identities():
 def test_torchrun_cli_two_processes(tiny_streets, tmp_path):
     """`torchrun --nproc_per_node=2 -m balda.cli train ...` on CPU: finishes, rank 0 alone writes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--rdzv-backend=c10d",
-           "--rdzv-endpoint=127.0.0.1:0", "--rdzv-id=balda-test",
-           "-m", "balda.cli", "train", "streets/source_only",
-           *tiny_overrides(tiny_streets, tmp_path, "tr", iters=2), "data.batch_source=4", "data.batch_target=4",
-           "train.device=cpu", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=127.0.0.1:0",
+        "--rdzv-id=balda-test",
+        "-m",
+        "balda.cli",
+        "train",
+        "streets/source_only",
+        *tiny_overrides(tiny_streets, tmp_path, "tr", iters=2),
+        "data.batch_source=4",
+        "data.batch_target=4",
+        "train.device=cpu",
+        "--no-progress",
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
     run = tmp_path / "tr"

@@ -1,4 +1,5 @@
 """Tests of balda.engine.evaluation: confusion matrix, metrics, inference, export, official check."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-import torch.nn.functional as F
 
 from balda.config import EvalConfig
 from balda.data.labels import (
@@ -185,15 +186,26 @@ def test_predict_whole_resizes_and_accepts_tensor_output():
     x = torch.randn(1, 3, 16, 24)
     out = predict_whole(model, x, (32, 48), size=(8, 12))
     assert out.shape == (1, 5, 32, 48)
-    ref = F.interpolate(model(F.interpolate(x, size=(8, 12), mode="bilinear", align_corners=False)),
-                        size=(32, 48), mode="bilinear", align_corners=False)
+    ref = F.interpolate(
+        model(F.interpolate(x, size=(8, 12), mode="bilinear", align_corners=False)),
+        size=(32, 48),
+        mode="bilinear",
+        align_corners=False,
+    )
     torch.testing.assert_close(out, ref)
 
 
-@pytest.mark.parametrize("h,w,crop,stride", [
-    (20, 30, (8, 12), (5, 7)), (17, 17, (5, 5), (5, 5)), (10, 10, (10, 10), (3, 3)),
-    (33, 65, (16, 16), (11, 13)), (6, 40, (6, 16), (4, 20)), (512, 1024, (512, 512), (341, 341)),
-])
+@pytest.mark.parametrize(
+    "h,w,crop,stride",
+    [
+        (20, 30, (8, 12), (5, 7)),
+        (17, 17, (5, 5), (5, 5)),
+        (10, 10, (10, 10), (3, 3)),
+        (33, 65, (16, 16), (11, 13)),
+        (6, 40, (6, 16), (4, 20)),
+        (512, 1024, (512, 512), (341, 341)),
+    ],
+)
 def test_slide_windows_cover_every_pixel(h, w, crop, stride):
     wins = slide_windows(h, w, crop, stride)
     count = np.zeros((h, w), dtype=np.int64)
@@ -266,8 +278,14 @@ def test_evaluate_accumulates_one_confusion_and_restores_mode(tmp_path):
     assert saved["miou"] == pytest.approx(m.miou) and saved["num_images"] == 3
 
     # slide mode with a full-resolution pointwise model gives the same matrix
-    m2 = evaluate(model, ds, EvalConfig(mode="slide", crop=[8, 8], stride=[5, 6], max_images=3, view="13"),
-                  mean=[0, 0, 0], std=[1, 1, 1], progress=True)  # rich bar in a non-tty
+    m2 = evaluate(
+        model,
+        ds,
+        EvalConfig(mode="slide", crop=[8, 8], stride=[5, 6], max_images=3, view="13"),
+        mean=[0, 0, 0],
+        std=[1, 1, 1],
+        progress=True,
+    )  # rich bar in a non-tty
     np.testing.assert_array_equal(m2.confusion, ref)
     assert m2.view is VIEW_13
 
@@ -298,8 +316,10 @@ def _write_cityscapes_tree(root, rng):
         pred = np.where(train_ids == 255, rng.choice(noise_ids, size=train_ids.shape), train_ids)
         flip = rng.random(pred.shape) < 0.3
         pred = np.where(flip, rng.choice(noise_ids, size=pred.shape), pred).astype(np.uint8)
-        for sub, arr, suffix in (("leftImg8bit", _encode(pred), "leftImg8bit"),
-                                 ("gtFine", label_ids, "gtFine_labelIds")):
+        for sub, arr, suffix in (
+            ("leftImg8bit", _encode(pred), "leftImg8bit"),
+            ("gtFine", label_ids, "gtFine_labelIds"),
+        ):
             d = root / sub / "val" / city
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(arr).save(d / f"{stem}_{suffix}.png")
@@ -335,12 +355,22 @@ def test_miou_matches_official_cityscapes_evaluation(tmp_path, monkeypatch):
 
     ds = CityscapesFixture(root)
     # stride-2 model: logits are upsampled bilinearly to the full label resolution
-    m = evaluate(Decoder(stride=2, never=(16,)), ds, EvalConfig(), mean=[0, 0, 0], std=[1, 1, 1],
-                 export_dir=export, progress=False)
+    m = evaluate(
+        Decoder(stride=2, never=(16,)),
+        ds,
+        EvalConfig(),
+        mean=[0, 0, 0],
+        std=[1, 1, 1],
+        export_dir=export,
+        progress=False,
+    )
     assert math.isnan(m.iou[16]) and m.iou[15] == 0.0
 
-    result = cityscapes_official_eval(export / "labelIds", root / "gtFine" / "val" / "*" / "*_gtFine_labelIds.png",
-                                      json_path=tmp_path / "official.json")
+    result = cityscapes_official_eval(
+        export / "labelIds",
+        root / "gtFine" / "val" / "*" / "*_gtFine_labelIds.png",
+        json_path=tmp_path / "official.json",
+    )
     assert (tmp_path / "official.json").is_file()
     official = result["averageScoreClasses"]
     assert abs(official - m.miou) < 1e-6, (official, m.miou)

@@ -1,6 +1,7 @@
 """Reliability: kills at several points resume to the exact weights, checkpoints that do not fit are
 named, and bad input (broken files, odd labels, empty folders, wrong config) fails clearly or is
 skipped with a logged warning where configured."""
+
 from __future__ import annotations
 
 import logging
@@ -16,8 +17,8 @@ import pytest
 import torch
 
 from balda.config import ConfigError
-from balda.data.io import DataError
 from balda.core.checkpoint import CheckpointError, load_checkpoint
+from balda.data.io import DataError
 from balda.engine.trainer import Trainer
 from tests.conftest import tiny_overrides
 
@@ -27,8 +28,15 @@ FAULT_RUN = ["streets/advent", "balancing.class_weights=gbw", "balancing.gbw.ema
 
 
 def _cli(data: Path, out: Path, name: str, env_extra=None, resume=False):
-    cmd = [sys.executable, "-m", "balda.cli", "train", FAULT_RUN[0],
-           *tiny_overrides(data, out, name, iters=ITERS), *FAULT_RUN[1:]] + (["--resume"] if resume else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "balda.cli",
+        "train",
+        FAULT_RUN[0],
+        *tiny_overrides(data, out, name, iters=ITERS),
+        *FAULT_RUN[1:],
+    ] + (["--resume"] if resume else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -39,8 +47,10 @@ def _step(path: Path) -> int:
 
 def _final_state(run: Path) -> dict:
     ck = torch.load(run / "final.pt", map_location="cpu", weights_only=False)
-    return {**{f"model.{k}": v for k, v in ck["model"].items()},
-            **{f"strategy.{k}": v for k, v in ck["strategy"].items() if isinstance(v, torch.Tensor)}}
+    return {
+        **{f"model.{k}": v for k, v in ck["model"].items()},
+        **{f"strategy.{k}": v for k, v in ck["strategy"].items() if isinstance(v, torch.Tensor)},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +131,7 @@ def streets_copy(tiny_streets, tmp_path):
 
 
 def _cfg(data: Path, out: Path, config="streets/source_only", *extra, iters=4):
-    from balda.config import resolve_config
-    from balda.config import load_config
+    from balda.config import load_config, resolve_config
 
     return load_config(resolve_config(config), tiny_overrides(data, out, "run", iters) + list(extra))
 
@@ -146,8 +155,9 @@ def test_corrupt_and_truncated_training_images(streets_copy, tmp_path, capsys, c
     assert "balda: error:" in err and (str(bad) in err or str(cut) in err), err
 
     with caplog.at_level(logging.WARNING, logger="balda.data"):
-        Trainer(_cfg(streets_copy, tmp_path / "skip", "streets/source_only", "data.source.on_error=skip"),
-                progress=False).fit()
+        Trainer(
+            _cfg(streets_copy, tmp_path / "skip", "streets/source_only", "data.source.on_error=skip"), progress=False
+        ).fit()
     skipped = " ".join(r.getMessage() for r in caplog.records if "skipping unreadable" in r.getMessage())
     assert bad.stem in skipped and cut.stem in skipped
     assert (tmp_path / "skip" / "run" / "final.pt").is_file()
@@ -202,13 +212,16 @@ def test_empty_dataset_folders(streets_copy, tmp_path):
         build_dataset(_cfg(streets_copy, tmp_path).data.val)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("train.iters=abc", "train.iters"),
-    ("data.crop=5", "data.crop"),
-    ("method.adversarial.lambda_advv=1", "method.adversarial.lambda_advv"),
-    ("balancing.combiner=ghh", "balancing.combiner"),
-    ("optim.lr=[1, 2]", "optim.lr"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.iters=abc", "train.iters"),
+        ("data.crop=5", "data.crop"),
+        ("method.adversarial.lambda_advv=1", "method.adversarial.lambda_advv"),
+        ("balancing.combiner=ghh", "balancing.combiner"),
+        ("optim.lr=[1, 2]", "optim.lr"),
+    ],
+)
 def test_wrong_config_keys_or_types_name_the_key(override, key, capsys):
     from balda.cli import main
 
@@ -216,7 +229,6 @@ def test_wrong_config_keys_or_types_name_the_key(override, key, capsys):
     err = capsys.readouterr().err
     assert "config error" in err and key in err, err
     with pytest.raises(ConfigError, match=re.escape(key)):
-        from balda.config import resolve_config
-        from balda.config import load_config
+        from balda.config import load_config, resolve_config
 
         load_config(resolve_config("streets/advent"), [override])

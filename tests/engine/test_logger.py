@@ -39,7 +39,11 @@ def test_weights_average_over_present_steps_and_reach_tensorboard_every_step(tmp
         lg.accumulate(logs, i + 1)
     rec = lg.flush(3)
     lg.close()
-    assert rec["weights/source/a"] == 3.0 and rec["weights/source/b"] == 2.0 and rec["weights/source/c"] != rec["weights/source/c"]
+    assert (
+        rec["weights/source/a"] == 3.0
+        and rec["weights/source/b"] == 2.0
+        and rec["weights/source/c"] != rec["weights/source/c"]
+    )
     assert rec["gh/angle"] == 90.0  # logged once: not divided by the 3 steps
     line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert line["weights/source/c"] is None

@@ -18,7 +18,7 @@ class Net(torch.nn.Module):
 def test_poly_and_warmup_factors():
     cfg = OptimConfig(power=0.9)
     assert lr_factor(0, 100, cfg) == 1.0
-    assert lr_factor(50, 100, cfg) == pytest.approx(0.5 ** 0.9)
+    assert lr_factor(50, 100, cfg) == pytest.approx(0.5**0.9)
     w = OptimConfig(power=1.0, warmup_iters=10, warmup_ratio=1e-6)
     assert lr_factor(0, 100, w) == pytest.approx(1e-6)
     assert lr_factor(5, 100, w) == pytest.approx(1e-6 + (1 - 1e-6) * 0.5)
@@ -37,5 +37,6 @@ def test_daformer_groups_head_lr_and_no_decay():
     assert groups["extra"]["params"][0] is proto
     n = sum(len(g["params"]) for g in opt.param_groups)
     assert n == len(list(net.parameters())) + 1
-    opt.step(); sched.step()
+    opt.step()
+    sched.step()
     assert groups["head"]["lr"] == pytest.approx(6e-4 * (1 - 1 / 100))

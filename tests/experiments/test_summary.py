@@ -1,4 +1,5 @@
 """Paired-by-seed comparisons of a method with its control (balda.experiments.summary)."""
+
 from __future__ import annotations
 
 import math
@@ -36,17 +37,21 @@ def test_paired_interval_degenerate():
 
 def test_paired_differences_pair_by_seed():
     per_seed = {
-        "self_training": {0: {"miou": 50, "rare_recall": 10, "min_iou": 0}, 1: {"miou": 52, "rare_recall": 12,
-                                                                                "min_iou": 1},
-                          2: {"miou": 49, "rare_recall": 9, "min_iou": 0}},
-        "self_training+gbw": {0: {"miou": 51, "rare_recall": 14, "min_iou": 2},
-                              2: {"miou": 50, "rare_recall": 13, "min_iou": 1}},
+        "self_training": {
+            0: {"miou": 50, "rare_recall": 10, "min_iou": 0},
+            1: {"miou": 52, "rare_recall": 12, "min_iou": 1},
+            2: {"miou": 49, "rare_recall": 9, "min_iou": 0},
+        },
+        "self_training+gbw": {
+            0: {"miou": 51, "rare_recall": 14, "min_iou": 2},
+            2: {"miou": 50, "rare_recall": 13, "min_iou": 1},
+        },
     }
     rows = paired_differences(per_seed)
     assert len(rows) == 1 and rows[0]["control"] == "self_training" and rows[0]["n"] == 2
-    assert rows[0]["miou"][0] == pytest.approx(1.0)       # (51-50 + 50-49) / 2, seed 1 unpaired
+    assert rows[0]["miou"][0] == pytest.approx(1.0)  # (51-50 + 50-49) / 2, seed 1 unpaired
     assert rows[0]["rare_recall"][0] == pytest.approx(4.0)
-    assert rows[0]["miou"][1] == pytest.approx(0.0)       # identical differences: zero width
+    assert rows[0]["miou"][1] == pytest.approx(0.0)  # identical differences: zero width
     md = "\n".join(paired_table(rows))
     assert "| self_training+gbw | self_training | 2 |" in md and "+4.0 [+4.0, +4.0] *" in md
 

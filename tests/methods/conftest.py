@@ -1,11 +1,12 @@
 """Tiny segmentors, batches and a recording class-weighting module for the strategy tests."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from balda.models.base import SegOutput, Segmentor
+from balda.models.base import Segmentor, SegOutput
 
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
 STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
@@ -96,8 +97,11 @@ def make_batch(B: int = 2, H: int = 32, W: int = 32, num_classes: int = K, seed:
     ys[:, :2] = 255
     return {
         "source": {"image": (rgb_s - MEAN) / STD, "label": ys, "index": torch.arange(B)},
-        "target": {"image": (rgb_t - MEAN) / STD, "label": torch.full((Bt, H, W), 255, dtype=torch.long),
-                   "index": torch.arange(Bt)},
+        "target": {
+            "image": (rgb_t - MEAN) / STD,
+            "label": torch.full((Bt, H, W), 255, dtype=torch.long),
+            "index": torch.arange(Bt),
+        },
     }
 
 

@@ -5,11 +5,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from balda.methods.adversarial import AdversarialConfig
-from balda.methods.adversarial import AdversarialStrategy, Discriminator, discriminator_input, gan_loss
+from balda.methods.adversarial import (
+    AdversarialConfig,
+    AdversarialStrategy,
+    Discriminator,
+    discriminator_input,
+    gan_loss,
+)
 from balda.methods.losses import entropy_map
 
-from .conftest import K, MEAN, STD, RecordingWeighting, make_batch, make_model
+from .conftest import MEAN, STD, K, RecordingWeighting, make_batch, make_model
 
 
 def _strategy(model, weighting=None, **kw):
@@ -32,7 +37,7 @@ def test_discriminator_inputs():
     assert torch.allclose(discriminator_input(logits, "softmax"), p, atol=1e-6)
     ent = discriminator_input(logits, "entropy")
     assert torch.allclose(ent, -p * torch.log(p) / math.log(K), atol=1e-6)
-    assert torch.allclose(ent.sum(1), entropy_map(logits), atol=1e-6)     # weighted self-information
+    assert torch.allclose(ent.sum(1), entropy_map(logits), atol=1e-6)  # weighted self-information
     assert discriminator_input(logits, "softmax", size=(8, 8)).shape == (2, K, 8, 8)
 
 
@@ -41,7 +46,7 @@ def test_gan_losses_equal_formulas():
     s = torch.sigmoid(z)
     assert torch.allclose(gan_loss(z, 0.0), -torch.log(1 - s).mean(), atol=1e-6)
     assert torch.allclose(gan_loss(z, 1.0), -torch.log(s).mean(), atol=1e-6)
-    assert torch.allclose(gan_loss(z, 0.0, "lsgan"), (z ** 2).mean())
+    assert torch.allclose(gan_loss(z, 0.0, "lsgan"), (z**2).mean())
     assert torch.allclose(gan_loss(z, 1.0, "lsgan"), ((z - 1) ** 2).mean())
 
 
@@ -54,14 +59,13 @@ def test_generator_losses_and_gradients(inp, gan):
     assert set(out.losses) == {"source.ce", "target.adv"} and out.task == ("source.ce",)
     assert out.weight("target.adv") == 0.01
     with torch.no_grad():
-        up = F.interpolate(model(batch["target"]["image"]).logits, size=(32, 32), mode="bilinear",
-                           align_corners=False)
+        up = F.interpolate(model(batch["target"]["image"]).logits, size=(32, 32), mode="bilinear", align_corners=False)
         z = st.discriminator(discriminator_input(up, inp))
-        expected = F.binary_cross_entropy_with_logits(z, torch.zeros_like(z)) if gan == "bce" else (z ** 2).mean()
+        expected = F.binary_cross_entropy_with_logits(z, torch.zeros_like(z)) if gan == "bce" else (z**2).mean()
     assert torch.allclose(out.losses["target.adv"], expected, atol=1e-6)
     out.total().backward()
-    assert all(p.grad is None for p in st.discriminator.parameters())        # generator step: D untouched
-    assert all(p.requires_grad for p in st.discriminator.parameters())       # ... and re-enabled for its step
+    assert all(p.grad is None for p in st.discriminator.parameters())  # generator step: D untouched
+    assert all(p.requires_grad for p in st.discriminator.parameters())  # ... and re-enabled for its step
     assert model.decode_head.conv_seg.weight.grad is not None
 
 
@@ -86,7 +90,7 @@ def test_discriminator_step_formula_and_isolation():
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), seg_grads))
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), seg_params))
     assert all(not torch.equal(p, q) for p, q in zip(st.discriminator.parameters(), d_params))
-    assert st.after_step(model, 1) == {}          # maps are consumed once
+    assert st.after_step(model, 1) == {}  # maps are consumed once
 
 
 def test_which_parameters_each_optimiser_updates():
@@ -103,7 +107,7 @@ def test_which_parameters_each_optimiser_updates():
 
 def test_poly_decay_of_discriminator_lr():
     st = AdversarialStrategy(make_model(), None, AdversarialConfig(lr=1e-4), K, MEAN, STD, max_iters=100)
-    assert st.d_lr(0) == 1e-4 and st.d_lr(50) == pytest.approx(1e-4 * 0.5 ** 0.9)
+    assert st.d_lr(0) == 1e-4 and st.d_lr(50) == pytest.approx(1e-4 * 0.5**0.9)
     assert _strategy(make_model()).d_lr(50) == 1e-4
 
 
@@ -117,7 +121,7 @@ def test_minent_term_and_class_weighting():
     assert out.weight("target.ent") == 0.5 and "target.ent" in out.losses
     up = F.interpolate(model(batch["target"]["image"]).logits, size=(32, 32), mode="bilinear", align_corners=False)
     assert torch.allclose(out.losses["target.ent"], entropy_map(up).mean(), atol=1e-6)
-    (logits, labels), = rec.calls
+    ((logits, labels),) = rec.calls
     assert logits.shape == (2, K, 32, 32) and torch.equal(labels, batch["source"]["label"])
     assert torch.allclose(out.losses["source.ce"], 3 * out_ref.losses["source.ce"], atol=1e-6)
 

@@ -4,8 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from balda.methods.augment import (_odd_kernel_size, classmix_masks, color_jitter, denormalize, gaussian_blur, mix,
-                                   renormalize, step_generator)
+from balda.methods.augment import (
+    _odd_kernel_size,
+    classmix_masks,
+    color_jitter,
+    denormalize,
+    gaussian_blur,
+    mix,
+    renormalize,
+    step_generator,
+)
 
 from .conftest import MEAN, STD
 
@@ -22,9 +30,9 @@ def _hand_labels():
     y = torch.full((3, 4, 6), 255, dtype=torch.long)
     y[0, :, 0:2] = 0
     y[0, :, 2:4] = 1
-    y[0, :2, 4:6] = 2            # image 0: classes {0, 1, 2} + ignore -> choose 2
+    y[0, :2, 4:6] = 2  # image 0: classes {0, 1, 2} + ignore -> choose 2
     y[1, :2] = 3
-    y[1, 2:] = 4                 # image 1: classes {3, 4} -> choose 1
+    y[1, 2:] = 4  # image 1: classes {3, 4} -> choose 1
     y[1, 3, 5] = 255
     # image 2: only ignore -> empty mask
     return y
@@ -36,12 +44,12 @@ def test_classmix_mask_is_union_of_exactly_the_chosen_classes_of_each_image():
     for seed in range(40):
         m = classmix_masks(y, step_generator(seed, 0))
         assert m.shape == y.shape and m.dtype == torch.bool
-        assert not m[y == 255].any()                     # never ignore pixels
-        assert not m[2].any()                            # nothing labelled -> empty
+        assert not m[y == 255].any()  # never ignore pixels
+        assert not m[2].any()  # nothing labelled -> empty
         for b, n_expected in ((0, 2), (1, 1)):
             present = set(y[b][y[b] != 255].unique().tolist())
             chosen = set(y[b][m[b]].unique().tolist())
-            assert chosen <= present and len(chosen) == n_expected   # (n + n % 2) / 2
+            assert chosen <= present and len(chosen) == n_expected  # (n + n % 2) / 2
             assert torch.equal(m[b], torch.isin(y[b], torch.tensor(sorted(chosen))))  # whole classes
             seen[b].add(frozenset(chosen))
     # per image, random: every admissible choice shows up over the seeds
@@ -49,21 +57,21 @@ def test_classmix_mask_is_union_of_exactly_the_chosen_classes_of_each_image():
 
 
 def test_classmix_rounding_and_determinism():
-    y = torch.arange(5).view(1, 1, 5).expand(2, 3, 5).clone()   # 5 classes -> (5 + 1) / 2 = 3
+    y = torch.arange(5).view(1, 1, 5).expand(2, 3, 5).clone()  # 5 classes -> (5 + 1) / 2 = 3
     g1, g2 = step_generator(0, 1), step_generator(0, 1)
     m1, m2 = classmix_masks(y, g1), classmix_masks(y, g2)
     assert torch.equal(m1, m2)
     assert (m1[:, 0].sum(-1) == 3).all()
-    y1 = torch.full((1, 2, 2), 7)                                 # one class -> it is taken
+    y1 = torch.full((1, 2, 2), 7)  # one class -> it is taken
     assert classmix_masks(y1, step_generator(0, 0)).all()
 
 
 def test_mix_hand_example():
     m = torch.tensor([[[True, False], [False, True]]])
-    a = torch.arange(8.).view(1, 2, 2, 2)
-    b = -torch.arange(8.).view(1, 2, 2, 2)
+    a = torch.arange(8.0).view(1, 2, 2, 2)
+    b = -torch.arange(8.0).view(1, 2, 2, 2)
     out = mix(m, a, b)
-    assert torch.equal(out, torch.tensor([[[[0., -1.], [-2., 3.]], [[4., -5.], [-6., 7.]]]]))
+    assert torch.equal(out, torch.tensor([[[[0.0, -1.0], [-2.0, 3.0]], [[4.0, -5.0], [-6.0, 7.0]]]]))
     la, lb = torch.tensor([[[1, 2], [3, 4]]]), torch.tensor([[[9, 9], [9, 9]]])
     assert torch.equal(mix(m, la, lb), torch.tensor([[[1, 9], [9, 4]]]))
 
@@ -121,12 +129,12 @@ def test_gaussian_blur_matches_explicit_2d_convolution(reference):
     sigma = (0.15 + 1.0 * u[:, 1]) * s
     kh, kw = 3, 3
     for b in range(3):
-        r = torch.arange(3.) - 1
-        k1 = torch.exp(-r ** 2 / (2 * sigma[b] ** 2))
+        r = torch.arange(3.0) - 1
+        k1 = torch.exp(-(r**2) / (2 * sigma[b] ** 2))
         k1 = k1 / k1.sum()
         k2 = (k1[:, None] * k1[None, :]).expand(3, 1, kh, kw)
-        ref = F.conv2d(F.pad(x[b:b + 1], (1, 1, 1, 1), mode="reflect"), k2, groups=3)
-        assert torch.allclose(y[b:b + 1], ref, atol=1e-5)
+        ref = F.conv2d(F.pad(x[b : b + 1], (1, 1, 1, 1), mode="reflect"), k2, groups=3)
+        assert torch.allclose(y[b : b + 1], ref, atol=1e-5)
     assert (sigma >= 0.15 * s).all() and (sigma <= 1.15 * s).all()
 
 

@@ -1,4 +1,5 @@
 """CPSL: Sinkhorn, memory bank, rectification, warps, losses, preparation and one full step."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from balda.methods.cpsl import CPSLConfig
 from balda.methods.cpsl import (
+    CPSLConfig,
     CPSLStrategy,
     MemoryBank,
     SelfLabelingHead,
@@ -38,7 +39,7 @@ from balda.methods.cpsl.prepare import (
     prepare_cpsl,
     prepare_from_checkpoint,
 )
-from balda.models.base import SegOutput, Segmentor
+from balda.models.base import Segmentor, SegOutput
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
@@ -53,8 +54,9 @@ class TinySeg(Segmentor):
         super().__init__()
         self.num_classes = num_classes
         self.feature_channels = width
-        self.backbone = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),
-                                      nn.Conv2d(width, width, 3, 2, 1), nn.ReLU())
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, width, 3, 2, 1), nn.ReLU()
+        )
         self.decode_head = nn.Conv2d(width, num_classes, 1)
         self.calls = 0
 
@@ -93,9 +95,10 @@ def make_batch(B: int = 2, H: int = 32, W: int = 32, seed: int = 0):
     xt = (xt - mean) / std
     ys = torch.randint(0, K, (B, H // 8, W // 8), generator=g).repeat_interleave(8, 1).repeat_interleave(8, 2)
     ys[:, :2] = 255
-    return {"source": {"image": xs, "label": ys, "index": torch.arange(B)},
-            "target": {"image": xt, "label": torch.full((B, H, W), 255, dtype=torch.long),
-                       "index": torch.tensor([3, 1])}}
+    return {
+        "source": {"image": xs, "label": ys, "index": torch.arange(B)},
+        "target": {"image": xt, "label": torch.full((B, H, W), 255, dtype=torch.long), "index": torch.tensor([3, 1])},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +110,9 @@ def prepared_dir(tmp_path_factory) -> Path:
 
 def make_strategy(prepared_dir, model, **kw) -> CPSLStrategy:
     cfg = CPSLConfig(prepared=str(prepared_dir), bank_size=48, samples_per_image=16, **kw)
-    return CPSLStrategy(model, None, cfg, K, torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1),
-                        seed=3)
+    return CPSLStrategy(
+        model, None, cfg, K, torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1), seed=3
+    )
 
 
 # ------------------------------------------------------------------------------------ Sinkhorn
@@ -152,8 +156,9 @@ def test_sinkhorn_uniform_prior_is_swav():
     S = torch.rand(500, 5, generator=g, dtype=torch.float64) * 2 - 1
     r = torch.full((5,), 1 / 5, dtype=torch.float64)
     for n_iter in (1, 3, 7):
-        torch.testing.assert_close(sinkhorn_balanced(S, r, 0.05, n_iter), swav_sinkhorn(S, 0.05, n_iter),
-                                   rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(
+            sinkhorn_balanced(S, r, 0.05, n_iter), swav_sinkhorn(S, 0.05, n_iter), rtol=1e-9, atol=1e-12
+        )
 
 
 def test_sinkhorn_stable_small_epsilon_large_scores():
@@ -234,8 +239,7 @@ def test_rce_closed_form():
 # ----------------------------------------------------------------------------------- geometry
 def test_label_warp_consistent_with_image_warp():
     H, W = 24, 40
-    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32),
-                            indexing="ij")
+    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
     coords = torch.stack([yy, xx])[None].repeat(6, 1, 1, 1)  # the image encodes its pixel coordinates
     labels = (yy * W + xx).long()[None].repeat(6, 1, 1)  # a label map made from the image
     g = torch.Generator().manual_seed(6)
@@ -371,8 +375,9 @@ def _manual_prepare(model, ds, stride):
             oh = F.one_hot(y, K).double()
             sums = sums + oh.t() @ f
             counts = counts + oh.sum(0)
-            p0 = torch.softmax(F.interpolate(out.logits, size=(32 // stride, 32 // stride), mode="bilinear",
-                                             align_corners=False), 1)
+            p0 = torch.softmax(
+                F.interpolate(out.logits, size=(32 // stride, 32 // stride), mode="bilinear", align_corners=False), 1
+            )
             pix = pix + torch.bincount(p0[0].argmax(0).flatten(), minlength=K)
     return F.normalize(sums / counts.clamp_min(1)[:, None], dim=1), pix.double() / pix.sum()
 
@@ -436,8 +441,7 @@ def test_prepare_from_checkpoint(tmp_path):
     warm = build_model(cfg.model)
     torch.save({"model": warm.state_dict(), "config": to_dict(cfg)}, tmp_path / "final.pt")
     out = tmp_path / "prep"
-    m = prepare_from_checkpoint(tmp_path, out, overrides=["method.cpsl.pseudo_stride=8"], device="cpu",
-                                progress=False)
+    m = prepare_from_checkpoint(tmp_path, out, overrides=["method.cpsl.pseudo_stride=8"], device="cpu", progress=False)
     assert m["pseudo_stride"] == 8 and m["count"] == 3 and m["p0_shape"] == [4, 8]
     assert m["checkpoint"].endswith("final.pt") and (out / "model.pt").is_file()
     # the strategy starts the student (and its teacher) from the warm-up weights
@@ -468,8 +472,12 @@ def test_soft_labels_follow_crop_and_flip(prepared_dir):
     boxes = torch.tensor([[0.25, 0.5, 0.75, 1.0], [0.0, 0.0, 1.0, 1.0]])
     out = strat.soft_labels(idx, (4, 4), boxes, torch.tensor([False, True]))
     torch.testing.assert_close(out[0], full[0, :, 2:6, 4:8])
-    torch.testing.assert_close(out[1], F.interpolate(full[1:], size=(4, 4), mode="bilinear",
-                                                     align_corners=False)[0].flip(-1), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        out[1],
+        F.interpolate(full[1:], size=(4, 4), mode="bilinear", align_corners=False)[0].flip(-1),
+        atol=1e-6,
+        rtol=1e-6,
+    )
 
 
 def test_sl_gradient_reaches_only_prototypes(prepared_dir):
@@ -478,14 +486,16 @@ def test_sl_gradient_reaches_only_prototypes(prepared_dir):
     strat = make_strategy(prepared_dir, model)
     out = strat.compute_losses(model, make_batch(), step=0)
     params = list(model.parameters())
-    grads = torch.autograd.grad(out.losses["target.sl"], params + [strat.head.prototypes], allow_unused=True,
-                                retain_graph=True)
+    grads = torch.autograd.grad(
+        out.losses["target.sl"], params + [strat.head.prototypes], allow_unused=True, retain_graph=True
+    )
     assert all(gr is None or gr.abs().sum() == 0 for gr in grads[:-1])
     assert grads[-1] is not None and grads[-1].abs().sum() > 0
     # consistency and pseudo-label terms train the network, not the prototypes
     for name in ("target.con", "target.ce", "target.rce"):
-        gr = torch.autograd.grad(out.losses[name], params + [strat.head.prototypes], allow_unused=True,
-                                 retain_graph=True)
+        gr = torch.autograd.grad(
+            out.losses[name], params + [strat.head.prototypes], allow_unused=True, retain_graph=True
+        )
         assert gr[-1] is None
         assert any(x is not None and x.abs().sum() > 0 for x in gr[:-1]), name
 

@@ -20,8 +20,7 @@ def test_kl_and_confident_ce_match_float64_reference():
 def test_distill_stage_trains_a_fresh_student_from_a_frozen_teacher(tiny_config):
     teacher_cfg = tiny_config("streets/source_only", iters=2, name="teacher")
     Trainer(teacher_cfg).fit()
-    cfg = tiny_config("streets/cpsl_distill", f"method.distill.teacher={teacher_cfg.run_dir}", iters=2,
-                      name="student")
+    cfg = tiny_config("streets/cpsl_distill", f"method.distill.teacher={teacher_cfg.run_dir}", iters=2, name="student")
     tr = Trainer(cfg)
     before = {k: v.clone() for k, v in tr.strategy.teacher.state_dict().items()}
     it = iter(tr._loader())

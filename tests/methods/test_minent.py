@@ -3,10 +3,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from balda.methods.minent import MinEntConfig
-from balda.methods.minent import MinEntStrategy
+from balda.methods.minent import MinEntConfig, MinEntStrategy
 
-from .conftest import K, MEAN, STD, ConstSegmentor, RecordingWeighting, make_batch, make_model
+from .conftest import MEAN, STD, ConstSegmentor, K, RecordingWeighting, make_batch, make_model
 
 
 def _entropy_of(logits: torch.Tensor) -> torch.Tensor:
@@ -16,16 +15,16 @@ def _entropy_of(logits: torch.Tensor) -> torch.Tensor:
 
 
 def test_entropy_on_known_distributions():
-    assert torch.allclose(_entropy_of(torch.zeros(1, K, 32, 32)), torch.tensor(1.0), atol=1e-6)      # uniform
+    assert torch.allclose(_entropy_of(torch.zeros(1, K, 32, 32)), torch.tensor(1.0), atol=1e-6)  # uniform
     one_hot = torch.full((1, K, 32, 32), -1e4)
     one_hot[:, 2] = 0.0
-    assert _entropy_of(one_hot).abs().item() < 1e-6                                             # one-hot
+    assert _entropy_of(one_hot).abs().item() < 1e-6  # one-hot
     two = torch.full((1, K, 32, 32), -1e4)
-    two[:, :2] = 0.0                                                                            # (1/2, 1/2)
+    two[:, :2] = 0.0  # (1/2, 1/2)
     assert torch.allclose(_entropy_of(two), torch.tensor(math.log(2) / math.log(K)), atol=1e-6)
     mixed = torch.zeros(1, K, 32, 32)
     mixed[..., :16] = -1e4
-    mixed[:, 0, :, :16] = 0.0                                                  # half one-hot, half uniform
+    mixed[:, 0, :, :16] = 0.0  # half one-hot, half uniform
     assert torch.allclose(_entropy_of(mixed), torch.tensor(0.5), atol=1e-5)
 
 
@@ -43,7 +42,7 @@ def test_losses_weights_and_gradients():
     valid = ys != 255
     w = rec.weights[ys.clamp(max=K - 1)]
     assert torch.allclose(out.losses["source.ce"], (ce * w * valid).sum() / valid.sum(), atol=1e-6)
-    (logits, labels), = rec.calls
+    ((logits, labels),) = rec.calls
     assert torch.allclose(logits, up, atol=1e-6) and torch.equal(labels, ys)
     # the entropy term alone reaches the segmentor
     out.losses["target.ent"].backward()

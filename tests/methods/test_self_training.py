@@ -4,13 +4,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from balda.methods.self_training import SelfTrainingConfig
 from balda.methods.augment import classmix_masks, step_generator
 from balda.methods.losses import weighted_cross_entropy
-from balda.methods.self_training import (SelfTrainingStrategy, downscale_label_ratio, ema_alpha, ema_update,
-                                         mixed_targets, pseudo_label)
+from balda.methods.self_training import (
+    SelfTrainingConfig,
+    SelfTrainingStrategy,
+    downscale_label_ratio,
+    ema_alpha,
+    ema_update,
+    mixed_targets,
+    pseudo_label,
+)
 
-from .conftest import K, MEAN, STD, RecordingWeighting, make_batch, make_model
+from .conftest import MEAN, STD, K, RecordingWeighting, make_batch, make_model
 
 
 def _strategy(model, weighting=None, seed=0, **cfg_kw):
@@ -53,7 +59,7 @@ def test_after_step_follows_alpha_schedule(model, batch):
     p_t = st.teacher.decode_head.conv_seg.weight
     with torch.no_grad():
         p_s.add_(1.0)
-    st.after_step(model, 0)                     # a_0 = 0: teacher = student
+    st.after_step(model, 0)  # a_0 = 0: teacher = student
     assert torch.equal(p_t, p_s)
     for t in (1, 10):
         old_t = p_t.detach().clone()
@@ -83,9 +89,9 @@ def test_teacher_gets_no_grads_and_stays_in_eval(model, batch):
 # ------------------------------------------------------------------------------- pseudo-labels
 def test_pseudo_label_confidence_weight_on_constructed_logits():
     logits = torch.zeros(2, 3, 4, 4)
-    logits[0, 1, :2] = 10.0          # image 0: top half confident class 1, bottom half uniform (1/3)
-    logits[1, 2] = 10.0              # image 1: all confident class 2
-    logits[1, 0, 0, 0] = 9.0         # p_max = e/(1+e+e^-9...) ~ 0.73 < 0.968 -> one unconfident pixel
+    logits[0, 1, :2] = 10.0  # image 0: top half confident class 1, bottom half uniform (1/3)
+    logits[1, 2] = 10.0  # image 1: all confident class 2
+    logits[1, 0, 0, 0] = 9.0  # p_max = e/(1+e+e^-9...) ~ 0.73 < 0.968 -> one unconfident pixel
     labels, w, q = pseudo_label(logits, (4, 4), 0.968)
     assert torch.allclose(q, torch.tensor([0.5, 15 / 16]))
     assert torch.equal(labels[0, :2], torch.ones(2, 4, dtype=torch.long))
@@ -101,7 +107,7 @@ def test_pseudo_label_ignore_rows():
     logits[:, 0] = 10.0
     _, w, q = pseudo_label(logits, (6, 3), 0.968, ignore_top=1, ignore_bottom=2)
     assert q.item() == 1.0
-    assert torch.equal(w[0, :, 0], torch.tensor([0., 1., 1., 1., 0., 0.]))
+    assert torch.equal(w[0, :, 0], torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0, 0.0]))
 
 
 def test_pseudo_label_pixel_weight_is_the_confidence_mask():
@@ -127,7 +133,7 @@ def test_mixed_targets_hand_example():
     mask = torch.tensor([[[True, False, False], [True, True, False]]])
     ys = torch.tensor([[[3, 255, 1], [4, 2, 255]]])
     pseudo = torch.tensor([[[0, 0, 0], [1, 1, 1]]])
-    pw = torch.tensor([[[0.0, 0.0, 0.0], [0.25, 0.25, 0.25]]])   # first row ignored, q = 0.25
+    pw = torch.tensor([[[0.0, 0.0, 0.0], [0.25, 0.25, 0.25]]])  # first row ignored, q = 0.25
     y, w = mixed_targets(mask, ys, pseudo, pw)
     assert torch.equal(y, torch.tensor([[[3, 0, 0], [4, 2, 1]]]))
     assert torch.equal(w, torch.tensor([[[1.0, 0.0, 0.0], [1.0, 1.0, 0.25]]]))
@@ -146,8 +152,9 @@ def test_compute_losses_matches_manual_construction(model, batch):
     xs, ys, xt = batch["source"]["image"], batch["source"]["label"], batch["target"]["image"]
 
     with torch.no_grad():
-        prob = torch.softmax(F.interpolate(st.teacher(xt).logits, size=(32, 32), mode="bilinear",
-                                           align_corners=False), 1)
+        prob = torch.softmax(
+            F.interpolate(st.teacher(xt).logits, size=(32, 32), mode="bilinear", align_corners=False), 1
+        )
         conf, pseudo = prob.max(1)
         q = (conf >= 0.2).float().mean((1, 2))
         mask = classmix_masks(ys, step_generator(3, step))
@@ -159,15 +166,16 @@ def test_compute_losses_matches_manual_construction(model, batch):
         ce = F.cross_entropy(logits_m, y_mix, reduction="none", ignore_index=255)
         valid = y_mix != 255
         expected = (ce * w_mix * valid).sum() / valid.sum()
-        ce_s = F.cross_entropy(F.interpolate(model(xs).logits, size=(32, 32), mode="bilinear",
-                                             align_corners=False), ys, ignore_index=255)
+        ce_s = F.cross_entropy(
+            F.interpolate(model(xs).logits, size=(32, 32), mode="bilinear", align_corners=False), ys, ignore_index=255
+        )
     assert mask.any() and (~mask).any()
     assert torch.allclose(out.losses["target.ce"], expected, atol=1e-5)
     assert torch.allclose(out.losses["source.ce"], ce_s, atol=1e-5)
     assert torch.allclose(out.logs["st/pseudo_conf"], q.mean())
     # the weighting modules saw label-resolution logits and the right labels
-    (ls, ys_seen), = rec_s.calls
-    (lt, yt_seen), = rec_t.calls
+    ((ls, ys_seen),) = rec_s.calls
+    ((lt, yt_seen),) = rec_t.calls
     assert ls.shape == (2, K, 32, 32) and torch.equal(ys_seen, ys)
     assert torch.allclose(lt, logits_m, atol=1e-5) and torch.equal(yt_seen, y_mix)
 
@@ -220,10 +228,7 @@ def test_unequal_batch_sizes_pair_modulo():
 
 # ------------------------------------------------------------------------------ feature distance
 def test_downscale_label_ratio_hand_example():
-    y = torch.tensor([[[0, 0, 1, 1],
-                       [0, 1, 2, 2],
-                       [255, 255, 3, 3],
-                       [255, 0, 3, 4]]])
+    y = torch.tensor([[[0, 0, 1, 1], [0, 1, 2, 2], [255, 255, 3, 3], [255, 0, 3, 4]]])
     out = downscale_label_ratio(y, (2, 2), 0.75, num_classes=5)
     # cells: {0,0,0,1} -> 0 (3/4); {1,1,2,2} -> tie at 1/2 < .75 -> ignore;
     #        {255,255,255,0} -> ignore wins; {3,3,3,4} -> 3
@@ -235,9 +240,15 @@ def test_feature_distance_on_thing_classes(batch):
     model = make_model()
     model.eval()
     imnet = make_model(seed=9)
-    st = SelfTrainingStrategy(model, None, SelfTrainingConfig(**_plain(fdist_lambda=0.005, fdist_classes=[1, 3],
-                                                                      fdist_scale_min_ratio=0.75)),
-                              K, MEAN, STD, imnet_model=imnet)
+    st = SelfTrainingStrategy(
+        model,
+        None,
+        SelfTrainingConfig(**_plain(fdist_lambda=0.005, fdist_classes=[1, 3], fdist_scale_min_ratio=0.75)),
+        K,
+        MEAN,
+        STD,
+        imnet_model=imnet,
+    )
     out = st.compute_losses(model, batch, 0)
     assert out.task == ("source.ce", "source.fdist") and out.weight("source.fdist") == 0.005
     xs, ys = batch["source"]["image"], batch["source"]["label"]
@@ -255,8 +266,9 @@ def test_feature_distance_on_thing_classes(batch):
     # not part of the checkpoint
     assert not any(k.startswith("imnet") for k in st.state_dict())
     # identical ImageNet model -> zero distance
-    st2 = SelfTrainingStrategy(model, None, SelfTrainingConfig(**_plain()), K, MEAN, STD,
-                               imnet_model=copy.deepcopy(model))
+    st2 = SelfTrainingStrategy(
+        model, None, SelfTrainingConfig(**_plain()), K, MEAN, STD, imnet_model=copy.deepcopy(model)
+    )
     assert st2.compute_losses(model, batch, 0).losses["source.fdist"].abs().item() < 1e-6
 
 

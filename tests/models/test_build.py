@@ -1,4 +1,5 @@
 """build_model: every config, backbone validation, pretrained loading, SyncBatchNorm."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,15 +10,18 @@ from balda.config import ConfigError, ModelConfig
 from balda.models import DAFormer, DeepLabV2, Segmentor, SmallSegNet, WeightsError, build_model
 
 
-@pytest.mark.parametrize("name,backbone,cls,channels,stride", [
-    ("deeplabv2", "resnet18", DeepLabV2, 512, 8),
-    ("deeplabv2", "resnet34", DeepLabV2, 512, 8),
-    ("deeplabv2", "resnet50", DeepLabV2, 2048, 8),
-    ("deeplabv2", "resnet101", DeepLabV2, 2048, 8),
-    ("daformer", "mit_b0", DAFormer, 256, 4),
-    ("daformer", "mit_b5", DAFormer, 256, 4),
-    ("small", "resnet101", SmallSegNet, 64, 4),  # backbone ignored by small
-])
+@pytest.mark.parametrize(
+    "name,backbone,cls,channels,stride",
+    [
+        ("deeplabv2", "resnet18", DeepLabV2, 512, 8),
+        ("deeplabv2", "resnet34", DeepLabV2, 512, 8),
+        ("deeplabv2", "resnet50", DeepLabV2, 2048, 8),
+        ("deeplabv2", "resnet101", DeepLabV2, 2048, 8),
+        ("daformer", "mit_b0", DAFormer, 256, 4),
+        ("daformer", "mit_b5", DAFormer, 256, 4),
+        ("small", "resnet101", SmallSegNet, 64, 4),  # backbone ignored by small
+    ],
+)
 def test_build_each_config(name, backbone, cls, channels, stride):
     with torch.device("meta"):  # construction only; forwards are tested per model
         model = build_model(ModelConfig(name=name, backbone=backbone, num_classes=11))
@@ -34,7 +38,9 @@ def test_build_small_forward_and_width():
     assert out.features.shape == (1, 32, 8, 16) and out.logits.shape == (1, 5, 8, 16)
 
 
-@pytest.mark.parametrize("name,backbone", [("deeplabv2", "mit_b5"), ("daformer", "resnet101"), ("deeplabv2", "resnet7")])
+@pytest.mark.parametrize(
+    "name,backbone", [("deeplabv2", "mit_b5"), ("daformer", "resnet101"), ("deeplabv2", "resnet7")]
+)
 def test_wrong_backbone(name, backbone):
     with pytest.raises(ConfigError, match="model.backbone"):
         build_model(ModelConfig(name=name, backbone=backbone))

@@ -1,4 +1,5 @@
 """DAFormer: MiT encoder + context-aware fusion head."""
+
 from __future__ import annotations
 
 import torch
@@ -73,9 +74,18 @@ def test_gradients_reach_all_trainable_params():
 def test_no_decay_names():
     model = DAFormer("mit_b0")
     names = model.no_decay_parameter_names()
-    for n in ("backbone.patch_embed1.norm.weight", "backbone.block1.0.norm1.bias", "backbone.block1.0.attn.norm.weight",
-              "backbone.norm4.weight", "decode_head.fuse_layer.bottleneck.1.weight"):
+    for n in (
+        "backbone.patch_embed1.norm.weight",
+        "backbone.block1.0.norm1.bias",
+        "backbone.block1.0.attn.norm.weight",
+        "backbone.norm4.weight",
+        "decode_head.fuse_layer.bottleneck.1.weight",
+    ):
         assert n in names
-    for n in ("backbone.block1.0.attn.q.weight", "backbone.block1.0.attn.q.bias", "decode_head.conv_seg.weight",
-              "backbone.patch_embed1.proj.weight"):
+    for n in (
+        "backbone.block1.0.attn.q.weight",
+        "backbone.block1.0.attn.q.bias",
+        "decode_head.conv_seg.weight",
+        "backbone.patch_embed1.proj.weight",
+    ):
         assert n not in names

@@ -1,4 +1,5 @@
 """DeepLabV2: output stride 8, ASPP classifier, frozen BatchNorm, gradient flow."""
+
 from __future__ import annotations
 
 import pytest

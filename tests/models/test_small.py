@@ -1,4 +1,5 @@
 """SmallSegNet: the fast CPU model of the embedded benchmark."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """load_pretrained: local ImageNet checkpoints into backbones, strict errors naming the file."""
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,12 @@ def test_round_trip_identical_outputs(tmp_path, wrap):
     src = SmallSegNet(width=8).train()
     src(torch.randn(2, 3, 32, 32))  # non-trivial running statistics
     sd = src.backbone.state_dict()
-    obj = {"plain": sd, "state_dict": {"state_dict": sd, "meta": {"epoch": 3}}, "model": {"model": sd},
-           "ddp": {f"module.{k}": v for k, v in sd.items()}}[wrap]
+    obj = {
+        "plain": sd,
+        "state_dict": {"state_dict": sd, "meta": {"epoch": 3}},
+        "model": {"model": sd},
+        "ddp": {f"module.{k}": v for k, v in sd.items()},
+    }[wrap]
     path = tmp_path / "small.pth"
     torch.save(obj, path)
     dst = SmallSegNet(width=8)

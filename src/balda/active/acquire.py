@@ -28,24 +28,26 @@ idempotent, so the masks are identical to an uninterrupted run.
 :func:`plot_round` draws the acquired pixels over a few target images and the labelled-set class
 histogram of every round.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
 
-from balda.core.progress import progress_bar
 from balda.active.annotator import Annotator, LabelStore, OracleAnnotator
 from balda.active.cbda import class_weights, dynamic_select, kl_to_uniform, reweight_scores
 from balda.active.scores import ripu_pixel_scores, ripu_region_scores
 from balda.active.select import greedy_select_parallel, regions_to_mask
 from balda.config import ActiveConfig
+from balda.core.progress import progress_bar
 from balda.data.labels import CLASS_NAMES, PALETTE
-from balda.methods.losses import resize_logits
+from balda.models.inference import normalize_images, predict_whole
 
 __all__ = ["acquire_round", "plot_round", "per_image_budget", "round_budget", "score_image"]
 
@@ -80,22 +82,6 @@ def _radii(cfg: ActiveConfig) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------- inference
-def _image_tensor(image, mean, std, device) -> torch.Tensor:
-    """Raw RGB pixels (H x W x 3 numpy / torch, or 3 x H x W torch) -> normalised (1, 3, H, W)."""
-    if isinstance(image, torch.Tensor):
-        t = image.detach()
-        if t.dim() == 4:
-            t = t[0]
-        if t.shape[0] != 3 and t.shape[-1] == 3:
-            t = t.permute(2, 0, 1)
-    else:
-        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    t = t.to(device=device, dtype=torch.float32)[None]
-    m = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    return (t - m) / s
-
-
 def _image_hw(image) -> tuple[int, int]:
     if isinstance(image, torch.Tensor) and image.dim() >= 3 and image.shape[-3] == 3 and image.shape[-1] != 3:
         return int(image.shape[-2]), int(image.shape[-1])
@@ -112,16 +98,13 @@ def _label_hw(image, label) -> tuple[int, int]:
 @torch.no_grad()
 def _predict(model, image, out_hw, mean, std, device, infer_size=None) -> torch.Tensor:
     """Logits (1, K, H, W) float32 at the label resolution ``out_hw``."""
-    x = _image_tensor(image, mean, std, device)
-    if infer_size is not None and tuple(x.shape[-2:]) != tuple(infer_size):
-        x = torch.nn.functional.interpolate(x, size=tuple(infer_size), mode="bilinear", align_corners=False)
-    out = model(x)
-    logits = out.logits if hasattr(out, "logits") else out
-    return resize_logits(logits.float(), tuple(out_hw))
+    x = normalize_images(image, mean, std, device)
+    return predict_whole(model, x, tuple(out_hw), size=infer_size).float()
 
 
-def score_image(logits: torch.Tensor, cfg: ActiveConfig, weights: Optional[torch.Tensor] = None,
-                variant: str = "center") -> torch.Tensor:
+def score_image(
+    logits: torch.Tensor, cfg: ActiveConfig, weights: Optional[torch.Tensor] = None, variant: str = "center"
+) -> torch.Tensor:
     """Acquisition score map (H, W) of one image's logits (1, K, H, W), optionally class-re-weighted."""
     pred = logits.max(dim=1).indices
     if cfg.mode == "region":
@@ -168,9 +151,21 @@ def _prior_counts(model, dataset, num_classes, n_images, mean, std, device, infe
     return counts.cpu().numpy()
 
 
-def _select(model, dataset, store: LabelStore, cfg: ActiveConfig, num_rounds: int, mean, std, device,
-            progress: bool, infer_size, weight_variant: str, prior_images: int, max_passes: int
-            ) -> tuple[dict, dict, dict]:
+def _select(
+    model,
+    dataset,
+    store: LabelStore,
+    cfg: ActiveConfig,
+    num_rounds: int,
+    mean,
+    std,
+    device,
+    progress: bool,
+    infer_size,
+    weight_variant: str,
+    prior_images: int,
+    max_passes: int,
+) -> tuple[dict, dict, dict]:
     names = list(dataset.names)
     N = len(names)
     label_r, supp_r = _radii(cfg)
@@ -186,8 +181,7 @@ def _select(model, dataset, store: LabelStore, cfg: ActiveConfig, num_rounds: in
             counts, info["weights_from"] = hist, "labelled"
         elif prior_images > 0:
             with t_inf:
-                counts = _prior_counts(model, dataset, store.num_classes, prior_images, mean, std, device,
-                                       infer_size)
+                counts = _prior_counts(model, dataset, store.num_classes, prior_images, mean, std, device, infer_size)
             info["weights_from"] = "predicted"
         else:
             counts, info["weights_from"] = np.ones(store.num_classes), "uniform"
@@ -238,9 +232,15 @@ def _select(model, dataset, store: LabelStore, cfg: ActiveConfig, num_rounds: in
         picks = dict(res.picks)
         info.update(passes=res.passes, reextracted=res.reextracted, saturated=res.saturated)
     n_picks = int(sum(len(p[0]) for p in picks.values()))
-    info.update(budget=int(budget), picks=n_picks, shortfall=int(budget - n_picks), total_pixels=total_pixels,
-                inference_s=round(t_inf.total, 4), selection_s=round(t_sel.total, 4),
-                label_radius=label_r)
+    info.update(
+        budget=int(budget),
+        picks=n_picks,
+        shortfall=int(budget - n_picks),
+        total_pixels=total_pixels,
+        inference_s=round(t_inf.total, 4),
+        selection_s=round(t_sel.total, 4),
+        label_radius=label_r,
+    )
     return picks, {i: shapes[i] for i in picks}, info
 
 
@@ -289,8 +289,12 @@ def acquire_round(
         raise ValueError(f"active.mode: unknown mode {cfg.mode!r}")
     if not 0 <= round_idx < max(num_rounds, 1):
         raise ValueError(f"round {round_idx} out of range for {num_rounds} rounds")
-    if main_process_only and torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_rank() != 0:
+    if (
+        main_process_only
+        and torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_rank() != 0
+    ):
         return {"round": int(round_idx), "skipped": True}
     t0 = time.perf_counter()
     store.set_names(list(dataset.names))
@@ -306,15 +310,27 @@ def acquire_round(
         was_training = model.training
         model.eval()
         try:
-            picks, shapes, info = _select(model, dataset, store, cfg, num_rounds, mean, std, device, progress,
-                                          infer_size, weight_variant, prior_images, max_passes)
+            picks, shapes, info = _select(
+                model,
+                dataset,
+                store,
+                cfg,
+                num_rounds,
+                mean,
+                std,
+                device,
+                progress,
+                infer_size,
+                weight_variant,
+                prior_images,
+                max_passes,
+            )
         finally:
             model.train(was_training)
         label_r = info["label_radius"]
         store.save_selection(round_idx, picks, shapes, label_r, info)
     else:
-        picks, shapes, label_r, info = (selection["picks"], selection["shapes"], selection["radius"],
-                                        selection["info"])
+        picks, shapes, label_r, info = (selection["picks"], selection["shapes"], selection["radius"], selection["info"])
 
     names = store.names
     K = store.num_classes
@@ -397,7 +413,7 @@ def plot_round(store: LabelStore, dataset, path, n: int = 4, round_idx: Optional
     names = store.names or list(dataset.names)
     K = store.num_classes
     pal = np.zeros((256, 3), dtype=np.uint8)
-    pal[:min(K, len(PALETTE))] = PALETTE[:K]
+    pal[: min(K, len(PALETTE))] = PALETTE[:K]
     pal[255] = 255
 
     cols = max(len(order), 1)
@@ -445,8 +461,11 @@ def plot_round(store: LabelStore, dataset, path, n: int = 4, round_idx: Optional
     ax.set_ylabel("labelled pixels")
     total = store.class_histogram()
     if total.sum():
-        ax.set_title(f"labelled set: {int(total.sum())} px, KL to uniform {kl_to_uniform(total):.3f}, "
-                     f"min class share {total.min() / total.sum():.2e}", fontsize=9)
+        ax.set_title(
+            f"labelled set: {int(total.sum())} px, KL to uniform {kl_to_uniform(total):.3f}, "
+            f"min class share {total.min() / total.sum():.2e}",
+            fontsize=9,
+        )
     if hists:
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -24,18 +24,18 @@ r"""Annotation of acquired pixels and the on-disk store of the labels collected 
 label map *before* cropping / flipping: it returns the stored annotations (nearest-resized to the
 label's shape if needed) and 255 outside the acquired pixels.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
-
 from PIL import Image
 
 from balda.core.atomic import atomic_write
-
 from balda.data.labels import IGNORE_INDEX, NUM_CLASSES
 
 __all__ = ["Annotator", "OracleAnnotator", "LabelStore"]
@@ -75,8 +75,10 @@ class OracleAnnotator(Annotator):
         _, label = self.dataset.load(index)
         label = _as_label_array(label)
         if label is None:
-            raise ValueError(f"OracleAnnotator: image {name!r} (index {index}) has no label; build the "
-                             "target train set with labelled=True")
+            raise ValueError(
+                f"OracleAnnotator: image {name!r} (index {index}) has no label; build the "
+                "target train set with labelled=True"
+            )
         if label.shape != mask.shape:
             raise ValueError(f"OracleAnnotator: label of {name!r} is {label.shape}, mask is {mask.shape}")
         out = np.full(mask.shape, IGNORE_INDEX, dtype=np.uint8)
@@ -136,8 +138,15 @@ class LabelStore:
         if self.manifest_path.is_file():
             data = json.loads(self.manifest_path.read_text())
             return data
-        return {"version": 1, "num_classes": self.num_classes, "names": self._names, "rounds": {},
-                "rounds_done": [], "budget_used": 0, "labelled_hist": [0] * self.num_classes}
+        return {
+            "version": 1,
+            "num_classes": self.num_classes,
+            "names": self._names,
+            "rounds": {},
+            "rounds_done": [],
+            "budget_used": 0,
+            "labelled_hist": [0] * self.num_classes,
+        }
 
     def _write_manifest(self, data: dict) -> None:
         text = json.dumps(data, indent=1).encode()
@@ -148,8 +157,10 @@ class LabelStore:
         names = [str(n) for n in names]
         data = self.manifest()
         if data.get("names") and list(data["names"]) != names:
-            raise ValueError(f"LabelStore {self.root}: the target image list differs from the one in "
-                             f"{self.manifest_path} ({len(data['names'])} vs {len(names)} images)")
+            raise ValueError(
+                f"LabelStore {self.root}: the target image list differs from the one in "
+                f"{self.manifest_path} ({len(data['names'])} vs {len(names)} images)"
+            )
         self._names = names
         if not data.get("names"):
             data["names"] = names
@@ -183,7 +194,7 @@ class LabelStore:
         if self._names is not None and not data.get("names"):
             data["names"] = self._names
         data.setdefault("rounds", {})[str(int(round_idx))] = stats
-        done = set(int(r) for r in data.get("rounds_done", []))
+        done = {int(r) for r in data.get("rounds_done", [])}
         done.add(int(round_idx))
         data["rounds_done"] = sorted(done)
         hist = np.zeros(self.num_classes, dtype=np.int64)
@@ -209,8 +220,10 @@ class LabelStore:
     def round_histograms(self) -> dict[int, np.ndarray]:
         """Per-round labelled pixels per class: ``{round: counts (K,)}``."""
         data = self.manifest()
-        return {int(r): np.asarray(data["rounds"][str(r)]["pixels_per_class"], dtype=np.int64)
-                for r in data.get("rounds_done", [])}
+        return {
+            int(r): np.asarray(data["rounds"][str(r)]["pixels_per_class"], dtype=np.int64)
+            for r in data.get("rounds_done", [])
+        }
 
     # -------------------------------------------------------------------------------- masks
     def read(self, name: str) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
@@ -226,8 +239,9 @@ class LabelStore:
             acq = _resize_nearest(acq, shape)
         return acq > 0
 
-    def apply(self, index: int, name: str, selection: np.ndarray, annotator: Annotator,
-              round_idx: int) -> tuple[np.ndarray, int]:
+    def apply(
+        self, index: int, name: str, selection: np.ndarray, annotator: Annotator, round_idx: int
+    ) -> tuple[np.ndarray, int]:
         """Acquire the pixels of ``selection`` (bool H x W) in round ``round_idx``: mark them, ask
         ``annotator`` for the pixels new in this round, write both maps. Idempotent.
 
@@ -241,8 +255,7 @@ class LabelStore:
         if acq is None:
             acq = np.zeros(selection.shape, dtype=np.uint8)
         if labels.shape != selection.shape or acq.shape != selection.shape:
-            raise ValueError(f"LabelStore: stored masks of {name!r} are {labels.shape}, selection is "
-                             f"{selection.shape}")
+            raise ValueError(f"LabelStore: stored masks of {name!r} are {labels.shape}, selection is {selection.shape}")
         tag = int(round_idx) + 1
         if tag > 255:
             raise ValueError("LabelStore supports at most 255 rounds")
@@ -261,8 +274,9 @@ class LabelStore:
         return counts.astype(np.int64), int(new.sum())
 
     # ----------------------------------------------------------------------------- selection
-    def save_selection(self, round_idx: int, picks: dict, shapes: dict, radius: int,
-                       info: Optional[dict] = None) -> None:
+    def save_selection(
+        self, round_idx: int, picks: dict, shapes: dict, radius: int, info: Optional[dict] = None
+    ) -> None:
         """Record the selection of a round before any mask is written (atomically).
 
         ``picks``: image index -> (ys, xs) centres; ``shapes``: image index -> (H, W) label shape;
@@ -270,14 +284,19 @@ class LabelStore:
         """
         ids = sorted(int(i) for i in picks)
         lens = [len(picks[i][0]) for i in ids]
-        cat = lambda j: (np.concatenate([np.asarray(picks[i][j], np.int64) for i in ids])  # noqa: E731
-                         if ids else np.zeros(0, np.int64))
+
+        def cat(j: int) -> np.ndarray:
+            return np.concatenate([np.asarray(picks[i][j], np.int64) for i in ids]) if ids else np.zeros(0, np.int64)
+
         payload = dict(
-            image=np.repeat(np.asarray(ids, np.int64), lens), ys=cat(0), xs=cat(1),
+            image=np.repeat(np.asarray(ids, np.int64), lens),
+            ys=cat(0),
+            xs=cat(1),
             shape_ids=np.asarray(ids, np.int64),
             shapes=np.asarray([tuple(shapes[i]) for i in ids], np.int64).reshape(-1, 2),
             radius=np.int64(radius),
-            info=np.frombuffer(json.dumps(info or {}).encode(), dtype=np.uint8))
+            info=np.frombuffer(json.dumps(info or {}).encode(), dtype=np.uint8),
+        )
         atomic_write(self.selection_path(round_idx), lambda f: np.savez(f, **payload))
 
     def load_selection(self, round_idx: int) -> Optional[dict]:
@@ -290,8 +309,12 @@ class LabelStore:
             ids, starts = np.unique(image, return_index=True)  # ``image`` is sorted
             picks = {int(i): (a, b) for i, a, b in zip(ids, np.split(ys, starts[1:]), np.split(xs, starts[1:]))}
             shapes = {int(i): (int(h), int(w)) for i, (h, w) in zip(z["shape_ids"], z["shapes"])}
-            return dict(picks=picks, shapes=shapes, radius=int(z["radius"]),
-                        info=json.loads(z["info"].tobytes().decode() or "{}"))
+            return dict(
+                picks=picks,
+                shapes=shapes,
+                radius=int(z["radius"]),
+                info=json.loads(z["info"].tobytes().decode() or "{}"),
+            )
 
     # ------------------------------------------------------------------------------ loader
     def label_filter(self, index: int, label=None):

@@ -40,11 +40,13 @@ design** (specs/active.md), with every choice exposed.
    is saturated the result equals the global top-``K`` over the images' complete greedy lists, and
    the budget is met exactly unless the target set has fewer than ``K`` candidates left.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -206,8 +208,7 @@ def dynamic_select(
     passes = 1
     while True:
         counts = global_top_k([c[2] for c in cands], K)
-        saturated = [i for i in range(num_images)
-                     if counts[i] == len(cands[i][2]) == M[i] and M[i] > 0]
+        saturated = [i for i in range(num_images) if counts[i] == len(cands[i][2]) == M[i] and M[i] > 0]
         if not saturated or passes >= max_passes:
             break
         pool = sum(len(c[2]) for c in cands)

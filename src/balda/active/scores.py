@@ -20,9 +20,11 @@ Implementation. Window sums are separable box sums computed with prefix sums (an
 along each axis ``S_i = C_{i+k} - C_{i-k-1}`` with ``C`` the cumulative sum of the zero-padded map, so
 the cost is independent of the radius (the 65x65 window of pixel acquisition costs the same as 3x3).
 The class counts ``N_c`` come from a ``uint8`` one-hot map accumulated in ``int32`` (exact), processed
-in chunks of the classes present in the map so the peak memory stays ``O(chunk * H * W)``; float maps (``H``) are accumulated
-in float64 and returned as float32. Everything stays on the input's device; no Python loop over pixels.
+in chunks of the classes present in the map so the peak memory stays ``O(chunk * H * W)``; float maps
+(``H``) are accumulated in float64 and returned as float32. Everything stays on the input's device; no
+Python loop over pixels.
 """
+
 from __future__ import annotations
 
 import math
@@ -120,7 +122,7 @@ def impurity(pred: torch.Tensor, num_classes: int, radius: int, normalise: bool 
     valid = (pred >= 0) & (pred < num_classes)
     present = torch.nonzero(torch.bincount(pred[valid], minlength=num_classes)).flatten()
     for c0 in range(0, present.numel(), CLASS_CHUNK):  # loop over class chunks, not pixels
-        cls = present[c0: c0 + CLASS_CHUNK].view(1, -1, 1, 1)
+        cls = present[c0 : c0 + CLASS_CHUNK].view(1, -1, 1, 1)
         onehot = (pred[:, None] == cls).to(torch.uint8)
         q = box_sum(onehot, radius).to(torch.float32).div_(area)
         out -= (q + _EPS).log_().mul_(q).sum(dim=1)
@@ -140,8 +142,7 @@ def region_uncertainty(h: torch.Tensor, radius: int) -> torch.Tensor:
     return region_mean(h, radius)
 
 
-def ripu_region_scores(logits: torch.Tensor, radius: int = 1, pred: Optional[torch.Tensor] = None
-                       ) -> torch.Tensor:
+def ripu_region_scores(logits: torch.Tensor, radius: int = 1, pred: Optional[torch.Tensor] = None) -> torch.Tensor:
     """RIPU region-acquisition score ``A = P * U`` (both normalised by log K), (B, K, H, W) -> (B, H, W).
     ``pred`` (the argmax of ``logits``) may be passed when already computed."""
     K = logits.shape[1]
@@ -149,8 +150,7 @@ def ripu_region_scores(logits: torch.Tensor, radius: int = 1, pred: Optional[tor
     return impurity(pred, K, radius, normalise=True) * region_uncertainty(uncertainty(logits), radius)
 
 
-def ripu_pixel_scores(logits: torch.Tensor, radius: int = 32, pred: Optional[torch.Tensor] = None
-                      ) -> torch.Tensor:
+def ripu_pixel_scores(logits: torch.Tensor, radius: int = 32, pred: Optional[torch.Tensor] = None) -> torch.Tensor:
     """RIPU pixel-acquisition score ``A = H * P`` with ``P`` over a ``(2r+1)^2`` window, not divided by
     ``log K`` (as in the released code), (B, K, H, W) -> (B, H, W)."""
     K = logits.shape[1]

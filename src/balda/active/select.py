@@ -30,6 +30,7 @@ scores instead of sorting the whole map).
 
 :func:`greedy_select_sequential` is the plain loop, kept as the test reference only.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -194,7 +195,7 @@ def greedy_select_sequential(
         y, x = divmod(i, W)
         ys.append(y)
         xs.append(x)
-        s[max(0, y - r): y + r + 1, max(0, x - r): x + r + 1] = -np.inf
+        s[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1] = -np.inf
     return np.array(ys, dtype=np.int64), np.array(xs, dtype=np.int64)
 
 

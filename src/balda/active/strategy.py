@@ -29,6 +29,7 @@ Registration: importing this module registers the wrapper ``active`` (applied to
 when ``active.enabled``); the wrapper owns the label store, the oracle annotator and the trainer hook
 of the acquisition rounds (:class:`AcquisitionHook`), so the trainer knows nothing of active learning.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,8 +48,14 @@ from balda.methods.base import StepOutput, Strategy, WeightingFactory
 from balda.methods.losses import masked_mean, resize_logits
 from balda.models.base import Segmentor
 
-__all__ = ["ActiveStrategy", "AcquisitionHook", "negative_learning_loss", "local_consistency_loss",
-           "label_interior_mask", "wrap_active"]
+__all__ = [
+    "ActiveStrategy",
+    "AcquisitionHook",
+    "negative_learning_loss",
+    "local_consistency_loss",
+    "label_interior_mask",
+    "wrap_active",
+]
 
 log = logging.getLogger("balda.active")
 
@@ -73,12 +80,13 @@ def label_interior_mask(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) 
     for dy in (-1, 0, 1):  # 8 shifted views (a fixed 3x3 stencil, not a pixel loop)
         for dx in (-1, 0, 1):
             if dy or dx:
-                same &= pad[:, 1 + dy: 1 + dy + H, 1 + dx: 1 + dx + W] == lab
+                same &= pad[:, 1 + dy : 1 + dy + H, 1 + dx : 1 + dx + W] == lab
     return same & (lab != ignore_index)
 
 
-def local_consistency_loss(logits: torch.Tensor, labels: torch.Tensor,
-                           ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def local_consistency_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """RIPU local consistency: mean over interior labelled pixels of ``sum_c |p_ic - mean_3x3(p)_ic|``."""
     logits = resize_logits(logits.float(), tuple(labels.shape[-2:]))
     p = torch.softmax(logits, dim=1)
@@ -93,9 +101,16 @@ class ActiveStrategy(Strategy):
 
     uses_target_labels = True
 
-    def __init__(self, base: Strategy, model: Segmentor, weighting: Optional[WeightingFactory] = None,
-                 cfg: Optional[ActiveConfig] = None, reuse_forward: bool = True, store: Any = None,
-                 acquisition: Optional[HookBase] = None):
+    def __init__(
+        self,
+        base: Strategy,
+        model: Segmentor,
+        weighting: Optional[WeightingFactory] = None,
+        cfg: Optional[ActiveConfig] = None,
+        reuse_forward: bool = True,
+        store: Any = None,
+        acquisition: Optional[HookBase] = None,
+    ):
         super().__init__(model, weighting)
         self.base = base
         self.cfg = cfg if cfg is not None else ActiveConfig()
@@ -137,8 +152,7 @@ class ActiveStrategy(Strategy):
         records: list = []
         handle = None
         if self.reuse_forward and hasattr(model, "register_forward_hook"):
-            handle = model.register_forward_hook(
-                lambda m, args, out: records.append((args[0] if args else None, out)))
+            handle = model.register_forward_hook(lambda m, args, out: records.append((args[0] if args else None, out)))
         try:
             out = self.base.compute_losses(model, batch, step)
         finally:
@@ -203,9 +217,19 @@ class AcquisitionHook(HookBase):
         from balda.active.acquire import acquire_round, plot_round
 
         r = self.round_steps.index(trainer.step)
-        stats = acquire_round(trainer.strategy.eval_model(trainer.model), self.dataset, self.store, self.cfg, r,
-                              len(self.round_steps), self.mean, self.std, trainer.device, self.annotator,
-                              progress=trainer.progress and trainer.is_main)
+        stats = acquire_round(
+            trainer.strategy.eval_model(trainer.model),
+            self.dataset,
+            self.store,
+            self.cfg,
+            r,
+            len(self.round_steps),
+            self.mean,
+            self.std,
+            trainer.device,
+            self.annotator,
+            progress=trainer.progress and trainer.is_main,
+        )
         dist.barrier()
         flat = {f"active/{k}": float(v) for k, v in stats.items() if isinstance(v, (int, float))}
         trainer.logger.write(trainer.step, flat, kind="active")
@@ -217,8 +241,9 @@ class AcquisitionHook(HookBase):
         trainer.reset_loader()
 
 
-def wrap_active(strategy: Strategy, cfg, model: Segmentor, weighting: Optional[WeightingFactory] = None
-                ) -> ActiveStrategy:
+def wrap_active(
+    strategy: Strategy, cfg, model: Segmentor, weighting: Optional[WeightingFactory] = None
+) -> ActiveStrategy:
     """``active.enabled``: wrap ``strategy`` with the active-learning losses, a label store under
     ``active.out`` (default ``<run>/active``), the oracle annotator over the labelled target train
     split and the acquisition hook."""
@@ -227,11 +252,10 @@ def wrap_active(strategy: Strategy, cfg, model: Segmentor, weighting: Optional[W
 
     dataset = build_dataset(replace(cfg.data.target, labelled=True))
     store = LabelStore(Path(cfg.active.out) if cfg.active.out else cfg.run_dir / "active")
-    hook = AcquisitionHook(cfg.active, cfg.train.iters, dataset, store, OracleAnnotator(dataset), cfg.data.mean,
-                           cfg.data.std)
+    hook = AcquisitionHook(
+        cfg.active, cfg.train.iters, dataset, store, OracleAnnotator(dataset), cfg.data.mean, cfg.data.std
+    )
     return ActiveStrategy(strategy, model, weighting, cfg.active, store=store, acquisition=hook)
 
 
-STRATEGY_WRAPPERS.add("active", WrapperSpec("active", lambda cfg: bool(cfg.active.enabled), wrap_active),
-                      replace=True)
-
+STRATEGY_WRAPPERS.add("active", WrapperSpec("active", lambda cfg: bool(cfg.active.enabled), wrap_active), replace=True)

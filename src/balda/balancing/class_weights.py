@@ -40,9 +40,11 @@ Samples", CVPR 2019), both fixed from source pixel counts and served by :class:`
 :func:`build_weighting` turns a :class:`~balda.config.BalancingConfig` into the
 :data:`~balda.methods.base.WeightingFactory` that strategies call once per loss term.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -73,8 +75,7 @@ CountsLike = Union[torch.Tensor, Sequence[float]]
 
 # ------------------------------------------------------------------------------------- statistic
 @torch.no_grad()
-def gbw_statistic(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = _IGNORE_INDEX
-                  ) -> torch.Tensor:
+def gbw_statistic(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = _IGNORE_INDEX) -> torch.Tensor:
     r"""Per-class gradient norm ``g_c = ||G_{:,c}||_2`` of GBW, in closed form (no autograd).
 
     ``G_{i,c} = s_i (p_{i,c} - Y_{i,c})`` is the gradient of ``sum_c L_c`` with
@@ -234,8 +235,14 @@ class GBW(nn.Module):
         ignore_index: label value of ignored pixels.
     """
 
-    def __init__(self, num_classes: int, mode: str = "faithful", lam: float = 1.0, ema: float = 0.0,
-                 ignore_index: int = _IGNORE_INDEX):
+    def __init__(
+        self,
+        num_classes: int,
+        mode: str = "faithful",
+        lam: float = 1.0,
+        ema: float = 0.0,
+        ignore_index: int = _IGNORE_INDEX,
+    ):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -297,8 +304,7 @@ class FixedClassWeights(nn.Module):
     def extra_repr(self) -> str:
         return f"num_classes={self.weights.numel()}"
 
-    def forward(self, logits: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None
-                ) -> torch.Tensor:
+    def forward(self, logits: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         if logits is not None and logits.device != self.weights.device:
             return self.weights.to(logits.device)
         return self.weights
@@ -376,9 +382,11 @@ def build_weighting(cfg: BalancingConfig, num_classes: int, class_counts: Option
         return term in apply_to
 
     if kind == "none":
+
         def none_factory(term: str) -> Optional[nn.Module]:
             check_term(term)
             return None
+
         return none_factory
 
     if kind == "gbw":
@@ -390,16 +398,20 @@ def build_weighting(cfg: BalancingConfig, num_classes: int, class_counts: Option
 
         def gbw_factory(term: str) -> Optional[nn.Module]:
             return GBW(num_classes, mode=g.mode, lam=g.lam, ema=g.ema) if check_term(term) else None
+
         return gbw_factory
 
     if kind in ("inverse_freq", "class_balanced"):
         if class_counts is None:
-            raise ConfigError(f"'balancing.class_weights': {kind!r} needs the source pixel counts per class "
-                              "(class_counts), none were given")
+            raise ConfigError(
+                f"'balancing.class_weights': {kind!r} needs the source pixel counts per class "
+                "(class_counts), none were given"
+            )
         counts = torch.as_tensor(class_counts, dtype=torch.float64).reshape(-1)
         if counts.numel() != num_classes:
-            raise ConfigError(f"'balancing.class_weights': {kind!r} got {counts.numel()} class counts for "
-                              f"{num_classes} classes")
+            raise ConfigError(
+                f"'balancing.class_weights': {kind!r} got {counts.numel()} class counts for {num_classes} classes"
+            )
         try:
             if kind == "inverse_freq":
                 w = inverse_frequency_weights(counts)
@@ -414,6 +426,7 @@ def build_weighting(cfg: BalancingConfig, num_classes: int, class_counts: Option
 
         def fixed_factory(term: str) -> Optional[nn.Module]:
             return FixedClassWeights(w) if check_term(term) else None
+
         return fixed_factory
 
     raise ConfigError(f"'balancing.class_weights': unknown value {kind!r}")  # pragma: no cover

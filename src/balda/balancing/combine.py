@@ -61,14 +61,15 @@ of averaged gradients is not the average of per-rank cosines). So, inside a shar
 Per-rank losses are normalised over the global batch (:func:`balda.core.dist.global_mean`), so
 the average of the per-rank gradients is the one-process gradient.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from balda.core import dist
 from balda.balancing.gh import (
     VARIANTS,
     accumulation_dtype,
@@ -77,6 +78,7 @@ from balda.balancing.gh import (
     grad_stats,
     harmonized_weights,
 )
+from balda.core import dist
 from balda.core.types import StepOutput
 
 __all__ = ["Combiner", "SumCombiner", "HarmonizingCombiner", "build_combiner", "shared_parameters"]
@@ -178,8 +180,9 @@ class HarmonizingCombiner(Combiner):
 
     reduces_grads = True
 
-    def __init__(self, variant: str = "gh", harmonic_range: float = 0.5, shared_mode: str = "all",
-                 first: str = "alignment"):
+    def __init__(
+        self, variant: str = "gh", harmonic_range: float = 0.5, shared_mode: str = "all", first: str = "alignment"
+    ):
         if variant not in VARIANTS:
             raise ValueError(f"unknown harmonization variant {variant!r}; choose one of {VARIANTS}")
         if shared_mode not in ("all", "decoder"):
@@ -195,8 +198,10 @@ class HarmonizingCombiner(Combiner):
         self._sum = SumCombiner()
 
     def __repr__(self) -> str:
-        return (f"HarmonizingCombiner(variant={self.variant!r}, harmonic_range={self.k}, "
-                f"shared_mode={self.shared_mode!r}, first={self.first!r})")
+        return (
+            f"HarmonizingCombiner(variant={self.variant!r}, harmonic_range={self.k}, "
+            f"shared_mode={self.shared_mode!r}, first={self.first!r})"
+        )
 
     # ------------------------------------------------------------------------------------------
     def backward(self, out, params, shared, scaler=None):
@@ -216,8 +221,9 @@ class HarmonizingCombiner(Combiner):
         shared = _trainable(shared)
         missing = [tuple(p.shape) for p in shared if id(p) not in index]
         if missing:
-            raise ValueError(f"shared parameters must be a subset of params; {len(missing)} are not "
-                             f"(shapes {missing[:3]})")
+            raise ValueError(
+                f"shared parameters must be a subset of params; {len(missing)} are not (shapes {missing[:3]})"
+            )
         device = loss_c.device
         acc = accumulation_dtype(device)
         # With a GradScaler both group losses are multiplied by the same scale s before
@@ -295,5 +301,4 @@ def build_combiner(cfg) -> Combiner:
     if cfg.combiner == "sum":
         return SumCombiner()
     gh = cfg.gh
-    return HarmonizingCombiner(cfg.combiner, harmonic_range=gh.harmonic_range, shared_mode=gh.params,
-                               first=gh.first)
+    return HarmonizingCombiner(cfg.combiner, harmonic_range=gh.harmonic_range, shared_mode=gh.params, first=gh.first)

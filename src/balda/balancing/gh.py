@@ -36,10 +36,12 @@ and the rotated vectors are orthogonal (their angle is ``phi - beta - gamma = 90
 Every function works on tensors and stays on the tensors' device: branches are ``torch.where``,
 never a Python ``if`` on a tensor value, so the training hot path has no host synchronisation.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor

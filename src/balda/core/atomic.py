@@ -5,16 +5,19 @@ flushes and fsyncs it, then renames it over ``path`` with :func:`os.replace` (at
 fsyncs the folder. A reader (or a resumed run) sees the old file or the new one, never a
 half-written one, whatever moment the process is killed at; a failed write leaves no temp file.
 """
+
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable, Optional
+from typing import IO, Optional
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None],
-                 before_rename: Optional[Callable[[], None]] = None) -> Path:
+def atomic_write(
+    path: str | Path, write: Callable[[IO[bytes]], None], before_rename: Optional[Callable[[], None]] = None
+) -> Path:
     """Write ``path`` through ``write(fileobj)`` atomically; ``before_rename`` is a test hook."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

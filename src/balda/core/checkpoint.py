@@ -8,13 +8,15 @@ Fault injection (tests): with ``BALDA_FAULT_KILL_IN_SAVE=N`` the process SIGKILL
 ``N``-th :func:`atomic_save` call, after the temporary file is fully written and fsynced and before
 the rename: the destination keeps its previous content and an orphan ``.<name>.*.tmp`` remains.
 """
+
 from __future__ import annotations
 
 import os
 import random
 import signal
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -117,16 +119,20 @@ class StateDiff(NamedTuple):
         return "; ".join(parts)
 
 
-def diff_state_dict(own: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor],
-                    optional=lambda key: False) -> StateDiff:
+def diff_state_dict(
+    own: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor], optional=lambda key: False
+) -> StateDiff:
     """Compare ``other`` (a file's state dict) with ``own`` (the model's): keys of ``own`` absent from
     ``other`` (except those ``optional(key)`` allows to be absent), keys of ``other`` unknown to
     ``own``, and keys present in both with different shapes. The one place both the ImageNet-weights
     loader and the checkpoint loader check a state dict."""
     missing = [k for k in own if k not in other and not optional(k)]
     unexpected = [k for k in other if k not in own]
-    mismatched = [f"{k} (file {tuple(other[k].shape)} vs model {tuple(own[k].shape)})"
-                  for k in own if k in other and tuple(other[k].shape) != tuple(own[k].shape)]
+    mismatched = [
+        f"{k} (file {tuple(other[k].shape)} vs model {tuple(own[k].shape)})"
+        for k in own
+        if k in other and tuple(other[k].shape) != tuple(own[k].shape)
+    ]
     return StateDiff(missing, unexpected, mismatched)
 
 
@@ -134,6 +140,7 @@ def load_model_weights(model: torch.nn.Module, state: dict, source: str | Path) 
     """Load a model state dict, raising :class:`CheckpointError` naming ``source`` on a mismatch."""
     diff = diff_state_dict(model.state_dict(), state)
     if diff:
-        raise CheckpointError(f"checkpoint {source} does not match the model ({diff}); "
-                              "was it trained with another model config?")
+        raise CheckpointError(
+            f"checkpoint {source} does not match the model ({diff}); was it trained with another model config?"
+        )
     model.load_state_dict(state)

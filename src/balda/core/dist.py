@@ -56,11 +56,12 @@ Not bit-identical, by design or limitation:
 * training scalars logged by rank 0 are computed on its share of the batch (evaluation metrics
   are computed by rank 0 on the whole validation set).
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.distributed as torch_dist
@@ -165,7 +166,7 @@ def shard_rows(x: torch.Tensor) -> torch.Tensor:
     """Rows ``rank::W`` of ``x`` inside a sharded step (``x`` drawn for the global batch), else ``x``."""
     if not _SHARDED:
         return x
-    return x[rank()::world_size()]
+    return x[rank() :: world_size()]
 
 
 def global_rows(local_rows: int) -> int:
@@ -243,7 +244,7 @@ def _all_reduce_bucket(bucket: list[torch.Tensor], w: int) -> None:
     flat.div_(w)
     offset = 0
     for b in bucket:
-        b.copy_(flat[offset: offset + b.numel()].view_as(b))
+        b.copy_(flat[offset : offset + b.numel()].view_as(b))
         offset += b.numel()
 
 
@@ -273,7 +274,7 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
         torch_dist.broadcast(flat, src=src)
         offset = 0
         for b in group:
-            b.copy_(flat[offset: offset + b.numel()].view_as(b))
+            b.copy_(flat[offset : offset + b.numel()].view_as(b))
             offset += b.numel()
 
 
@@ -296,12 +297,34 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device):
     ids = [device.index] if device.type == "cuda" else None
     ddp = torch.nn.parallel.DistributedDataParallel
     # newer torch renamed ``broadcast_buffers`` to ``forward_sync_buffers`` (buffers still synced at init)
-    kw = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
-          else {"broadcast_buffers": False})
+    kw = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+        else {"broadcast_buffers": False}
+    )
     return ddp(model, device_ids=ids, find_unused_parameters=True, **kw)
 
 
-__all__ = ["is_distributed", "rank", "world_size", "local_rank", "is_main", "init_from_env", "shutdown",
-           "barrier", "main_first", "sharded_step", "in_sharded_step", "global_mean", "shard_rows", "global_rows",
-           "all_true", "all_reduce_mean", "all_reduce_sum", "all_reduce_mean_", "all_reduce_grads",
-           "broadcast_buffers", "wrap_ddp"]
+__all__ = [
+    "is_distributed",
+    "rank",
+    "world_size",
+    "local_rank",
+    "is_main",
+    "init_from_env",
+    "shutdown",
+    "barrier",
+    "main_first",
+    "sharded_step",
+    "in_sharded_step",
+    "global_mean",
+    "shard_rows",
+    "global_rows",
+    "all_true",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "all_reduce_mean_",
+    "all_reduce_grads",
+    "broadcast_buffers",
+    "wrap_ddp",
+]

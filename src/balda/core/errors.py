@@ -6,13 +6,21 @@ class and prints one line; each message names the key or the file. The subclasse
 built-in base they always had (``ValueError``, ``RuntimeError``, ``FloatingPointError``), so code
 that caught those still works.
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["BaldaError", "ConfigError", "DataError", "WeightsError", "CheckpointError", "PreparedError",
-           "NonFiniteLossError"]
+__all__ = [
+    "BaldaError",
+    "ConfigError",
+    "DataError",
+    "WeightsError",
+    "CheckpointError",
+    "PreparedError",
+    "NonFiniteLossError",
+]
 
 
 class BaldaError(Exception):

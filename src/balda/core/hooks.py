@@ -7,6 +7,7 @@ Each method receives the trainer; ``trainer.step`` is the number of iterations d
 ``before_step`` a hook may call ``trainer.reset_loader()`` (the data it draws changed, e.g. new
 labels were acquired); in ``after_step`` the step's logs are flushed already.
 """
+
 from __future__ import annotations
 
 from typing import Any

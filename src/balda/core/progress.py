@@ -1,9 +1,11 @@
 """One progress bar for every long loop of balda (evaluation, acquisition, statistics, preparation,
 generation): a rich bar with count and ETA, or a no-op when disabled (logs, tests, non-main ranks)."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -22,8 +24,9 @@ class _Bar:
 
 
 @contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True, completed: int = 0,
-                 transient: bool = True) -> Iterator[_Bar]:
+def progress_bar(
+    description: str, total: int, enabled: bool = True, completed: int = 0, transient: bool = True
+) -> Iterator[_Bar]:
     """``with progress_bar("Evaluating", n) as bar: ... bar.advance()``: description, bar, done/total,
     time remaining. ``enabled=False`` (or rich missing) gives a bar that draws nothing."""
     if not enabled:
@@ -34,8 +37,13 @@ def progress_bar(description: str, total: int, enabled: bool = True, completed: 
     except ImportError:  # pragma: no cover - rich is a dependency
         yield _Bar()
         return
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=transient) as p:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=transient,
+    ) as p:
         yield _Bar(p, p.add_task(description, total=total, completed=completed))
 
 

@@ -10,12 +10,14 @@ a method. A registry knows which module defines its built-in entries and imports
 look-up (plus any module a third-party package declares under the ``balda.plugins`` entry-point
 group), so registration never depends on import order.
 """
+
 from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, Optional, TypeVar
+from typing import Any, Generic, Optional, TypeVar
 
 from balda.core.errors import ConfigError
 
@@ -107,8 +109,9 @@ def register_strategy(name: str, config: Optional[type] = None, description: str
     with its config dataclass (read from ``method.<name>`` of a config file, validated strictly)."""
 
     def deco(cls: type) -> type:
-        STRATEGIES.add(name, StrategySpec(name, cls, config, description or (cls.__doc__ or "").split("\n")[0]),
-                       replace=True)
+        STRATEGIES.add(
+            name, StrategySpec(name, cls, config, description or (cls.__doc__ or "").split("\n")[0]), replace=True
+        )
         cls.registered_name = name
         return cls
 

@@ -4,10 +4,12 @@ A strategy (:mod:`balda.methods`) returns a :class:`StepOutput`; a combiner
 (:mod:`balda.balancing.combine`) turns it into gradients; the trainer logs it. Defined here, at the
 bottom, so that none of them imports another's layer for it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn

@@ -4,6 +4,7 @@ checkpoints, the final evaluation / checkpoints / plots, and fault injection for
 Order inside a step (what the real-kill resume tests rely on): the step's logs are flushed, then
 :class:`PeriodicEval`, :class:`PeriodicCheckpoint`, the strategy's hooks, :class:`FaultInjection`.
 """
+
 from __future__ import annotations
 
 import logging

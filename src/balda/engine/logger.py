@@ -8,6 +8,7 @@ a class absent from the batch, see :func:`balda.balancing.class_weights.logged_w
 averaged over the steps where the class was present in ``metrics.jsonl``, and written to
 TensorBoard at every step (kept on the device, sent at the flush: still one sync per flush).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,17 @@ class _NullProgress:
 class RunLogger:
     """Collects step logs; writes ``metrics.jsonl`` and TensorBoard events under ``run_dir``."""
 
-    def __init__(self, run_dir: str | Path, total: int, start: int = 0, tensorboard: bool = True,
-                 progress: bool = True, enabled: bool = True, class_names=CLASS_NAMES, description: str = "train"):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        total: int,
+        start: int = 0,
+        tensorboard: bool = True,
+        progress: bool = True,
+        enabled: bool = True,
+        class_names=CLASS_NAMES,
+        description: str = "train",
+    ):
         self.run_dir = Path(run_dir)
         self.total, self.start = total, start
         self.enabled = enabled
@@ -63,12 +73,25 @@ class RunLogger:
             except Exception:  # pragma: no cover - tensorboard missing/broken
                 self._tb = None
         if progress:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-                TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                      TextColumn("{task.fields[info]}"), transient=False)
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                transient=False,
+            )
             self._progress.start()
             self._task = self._progress.add_task(description, total=total, completed=start, info="")
 
@@ -149,8 +172,16 @@ class RunLogger:
         if not self.enabled:
             return
         with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, "kind": kind, **{k: (None if isinstance(v, float) and not math.isfinite(v)
-                                                                    else v) for k, v in rec.items()}}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "kind": kind,
+                        **{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()},
+                    }
+                )
+                + "\n"
+            )
         if self._tb is not None:
             for k, v in rec.items():
                 if isinstance(v, (int, float)) and math.isfinite(v) and not (tb_skip and k.startswith(tb_skip)):

@@ -9,9 +9,10 @@ The schedule is a multiplicative factor on every group's base lr:
 ``f(t) = warmup_ratio + (1 - warmup_ratio) * t / warmup_iters`` for ``t < warmup_iters``, then
 ``f(t) = (1 - t / iters) ** power``.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -42,12 +43,14 @@ def param_groups(model: nn.Module, cfg: OptimConfig, extra: Iterable[torch.nn.Pa
         groups.setdefault(key, []).append(p)
     out = []
     for (is_head, no_decay), params in sorted(groups.items()):
-        out.append({
-            "params": params,
-            "lr": cfg.lr * (cfg.head_lr_mult if is_head else 1.0),
-            "weight_decay": 0.0 if no_decay else cfg.weight_decay,
-            "name": ("head" if is_head else "backbone") + ("_no_decay" if no_decay else ""),
-        })
+        out.append(
+            {
+                "params": params,
+                "lr": cfg.lr * (cfg.head_lr_mult if is_head else 1.0),
+                "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+                "name": ("head" if is_head else "backbone") + ("_no_decay" if no_decay else ""),
+            }
+        )
     extra = [p for p in extra if p.requires_grad]
     if extra:
         out.append({"params": extra, "lr": cfg.lr * cfg.head_lr_mult, "weight_decay": 0.0, "name": "extra"})

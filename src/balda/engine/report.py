@@ -1,36 +1,54 @@
 """Plots of a finished run, drawn from its ``metrics.jsonl`` and final metrics."""
+
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from balda.data.labels import CLASS_NAMES
 
+log = logging.getLogger("balda.report")
+
 
 def write_run_plots(run_dir: str | Path, metrics, records: list[dict]) -> list[Path]:
     """Write ``plots/class_iou.png``, ``plots/confusion.png``, ``plots/losses.png``,
-    ``plots/eval.png`` and one ``plots/class_weights_<term>.png`` per weighted loss term."""
-    from balda.engine import plots
+    ``plots/eval.png``, one ``plots/class_weights_<term>.png`` per weighted loss term, and the plots
+    the method modules registered (:data:`balda.core.registry.RUN_PLOTS`: ``fn(plots_dir, train_records)``)."""
+    from balda import plots
 
     out = Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if metrics is not None:
-        written.append(plots.plot_class_iou({Path(run_dir).name: np.asarray(metrics.iou)}, CLASS_NAMES,
-                                            out / "class_iou.png", title="per-class IoU (final model)"))
+        written.append(
+            plots.plot_class_iou(
+                {Path(run_dir).name: np.asarray(metrics.iou)},
+                CLASS_NAMES,
+                out / "class_iou.png",
+                title="per-class IoU (final model)",
+            )
+        )
         written.append(plots.plot_confusion(np.asarray(metrics.confusion), CLASS_NAMES, out / "confusion.png"))
     train = [r for r in records if r.get("kind") == "train"]
     loss_keys = sorted({k for r in train for k in r if k.startswith("loss/")})
     if loss_keys:
-        series = {k[5:]: ([r["step"] for r in train if r.get(k) is not None],
-                          [r[k] for r in train if r.get(k) is not None]) for k in loss_keys}
+        series = {
+            k[5:]: ([r["step"] for r in train if r.get(k) is not None], [r[k] for r in train if r.get(k) is not None])
+            for k in loss_keys
+        }
         written.append(plots.plot_curves(series, out / "losses.png", "training losses", "iteration", "loss"))
     evals = [r for r in records if r.get("kind") == "eval"]
     if evals:
-        series = {k[5:]: ([r["step"] for r in evals if r.get(k) is not None],
-                          [100 * r[k] for r in evals if r.get(k) is not None])
-                  for k in ("eval/miou", "eval/min_iou", "eval/rare_recall") if any(k in r for r in evals)}
+        series = {
+            k[5:]: (
+                [r["step"] for r in evals if r.get(k) is not None],
+                [100 * r[k] for r in evals if r.get(k) is not None],
+            )
+            for k in ("eval/miou", "eval/min_iou", "eval/rare_recall")
+            if any(k in r for r in evals)
+        }
         written.append(plots.plot_curves(series, out / "eval.png", "target validation", "iteration", "%"))
     gh_keys = [k for k in ("gh/angle", "gh/conflict") if any(k in r for r in train)]
     if gh_keys:
@@ -42,15 +60,14 @@ def write_run_plots(run_dir: str | Path, metrics, records: list[dict]) -> list[P
         if not rows:
             continue
         w = np.array([[r.get(f"weights/{term}/{c}", np.nan) for c in CLASS_NAMES] for r in rows], dtype=float)
-        written.append(plots.plot_class_weights([r["step"] for r in rows], w, CLASS_NAMES,
-                                                out / f"class_weights_{term}.png"))
-    marg = [r for r in train if f"cpsl/assign_marginal/{CLASS_NAMES[0]}" in r]
-    if marg:  # CPSL: class marginal of the Sinkhorn assignments vs the prior r it is balanced towards
-        steps = [r["step"] for r in marg]
-        m = np.array([[r.get(f"cpsl/assign_marginal/{c}", np.nan) for c in CLASS_NAMES] for r in marg], dtype=float)
-        prior = np.array([marg[-1].get(f"cpsl/prior/{c}", np.nan) for c in CLASS_NAMES], dtype=float)
-        ratio = m / np.where(prior > 0, prior, np.nan)
-        written.append(plots.plot_class_weights(steps, ratio, CLASS_NAMES, out / "cpsl_marginal_vs_prior.png",
-                                                title="CPSL: assignment class marginal / prior r (1 = balanced)",
-                                                ylabel="marginal / r"))
+        written.append(
+            plots.plot_class_weights([r["step"] for r in rows], w, CLASS_NAMES, out / f"class_weights_{term}.png")
+        )
+    from balda.core.registry import RUN_PLOTS
+
+    for name, plot in RUN_PLOTS.items():  # plots registered by the method modules (CPSL's marginal ...)
+        try:
+            written += plot(out, train) or []
+        except Exception as e:  # noqa: BLE001 - one plot never stops the others
+            log.warning("run plot %s failed: %s", name, e)
     return written

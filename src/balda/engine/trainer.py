@@ -18,6 +18,7 @@ strategy parameters outside DDP (CPSL prototypes) are averaged after the backwar
 buffers are broadcast after the optimiser step. Only rank 0 evaluates and writes files. See the
 module docstring of :mod:`balda.core.dist`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +32,15 @@ import torch
 from balda.config import Config, save_config, to_dict
 from balda.core import dist
 from balda.core.atomic import atomic_write_text
-from balda.core.checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_model_weights, rng_state,
-                                   seed_everything, set_rng_state)
+from balda.core.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    load_model_weights,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from balda.core.errors import NonFiniteLossError
 from balda.core.hooks import HookBase
 from balda.engine.hooks import FaultInjection, FinalEvalAndSave, PeriodicCheckpoint, PeriodicEval, RunPlots
@@ -95,16 +103,21 @@ class Trainer:
         if cfg.balancing.class_weights in ("inverse_freq", "class_balanced"):
             from balda.data.stats import class_pixel_counts
 
-            counts = dist.main_first(lambda: class_pixel_counts(  # rank 0 fills the cache, the others read it
-                self.source_ds, cfg.model.num_classes, progress=self.progress and self.is_main)).sum(0)
+            counts = dist.main_first(
+                lambda: class_pixel_counts(  # rank 0 fills the cache, the others read it
+                    self.source_ds, cfg.model.num_classes, progress=self.progress and self.is_main
+                )
+            ).sum(0)
         weighting = build_weighting(cfg.balancing, cfg.model.num_classes, counts)
         self.strategy = build_strategy(cfg, self.model, weighting).to(self.device)
-        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.train.iters,
-                                                         extra=self.strategy.optimized_with_model())
+        self.optimizer, self.scheduler = build_optimizer(
+            self.model, cfg.optim, cfg.train.iters, extra=self.strategy.optimized_with_model()
+        )
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         head = cfg.balancing.gh.params == "decoder" and hasattr(self.model, "decode_head")
-        self.shared = [p for p in (self.model.decode_head.parameters() if head else self.model.parameters())
-                       if p.requires_grad]
+        self.shared = [
+            p for p in (self.model.decode_head.parameters() if head else self.model.parameters()) if p.requires_grad
+        ]
         self.combiner = build_combiner(cfg.balancing)
         amp = cfg.train.amp if self.device.type == "cuda" else "none"
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
@@ -121,8 +134,14 @@ class Trainer:
         self.final_metrics = None
         self._loader_stale = True
         #: Hooks around every step (:mod:`balda.engine.hooks`), the strategy's own in the middle.
-        self.hooks: list[HookBase] = [PeriodicEval(), PeriodicCheckpoint(), *self.strategy.hooks(),
-                                      FaultInjection(), FinalEvalAndSave(), RunPlots()]
+        self.hooks: list[HookBase] = [
+            PeriodicEval(),
+            PeriodicCheckpoint(),
+            *self.strategy.hooks(),
+            FaultInjection(),
+            FinalEvalAndSave(),
+            RunPlots(),
+        ]
         if resume:
             if self.is_main:  # orphans of a run killed while writing a checkpoint
                 for tmp in self.run_dir.glob(".*.pt.*.tmp"):
@@ -152,8 +171,10 @@ class Trainer:
 
         check_global_batch(self.cfg, dist.world_size())
         if self.cfg.model.sync_bn and self.device.type == "cpu":
-            raise ConfigError("'model.sync_bn': SyncBatchNorm needs CUDA devices (it does not run on CPU "
-                              "tensors); set model.sync_bn=false for CPU (gloo) runs")
+            raise ConfigError(
+                "'model.sync_bn': SyncBatchNorm needs CUDA devices (it does not run on CPU "
+                "tensors); set model.sync_bn=false for CPU (gloo) runs"
+            )
 
     def _loader(self):
         from balda.data.loaders import build_train_loader
@@ -277,9 +298,15 @@ class Trainer:
         its logs, then the hooks' ``after_step`` (evaluation, checkpoint, fault injection); after the
         last step the hooks' ``after_train`` (final evaluation and checkpoints, plots)."""
         tcfg = self.cfg.train
-        self.logger = logger = RunLogger(self.run_dir, tcfg.iters, self.step, tensorboard=tcfg.tensorboard,
-                                         progress=self.progress and self.is_main, enabled=self.is_main,
-                                         description=self.cfg.name)
+        self.logger = logger = RunLogger(
+            self.run_dir,
+            tcfg.iters,
+            self.step,
+            tensorboard=tcfg.tensorboard,
+            progress=self.progress and self.is_main,
+            enabled=self.is_main,
+            description=self.cfg.name,
+        )
         try:
             for h in self.hooks:
                 h.before_train(self)
@@ -307,9 +334,17 @@ class Trainer:
     def evaluate(self, export_dir: Optional[Path] = None):
         from balda.engine.evaluation import evaluate
 
-        return evaluate(self.strategy.eval_model(self.model), self.val_ds, self.cfg.eval, self.cfg.data.mean,
-                        self.cfg.data.std, device=self.device, export_dir=export_dir,
-                        progress=self.progress and self.is_main, num_classes=self.cfg.model.num_classes)
+        return evaluate(
+            self.strategy.eval_model(self.model),
+            self.val_ds,
+            self.cfg.eval,
+            self.cfg.data.mean,
+            self.cfg.data.std,
+            device=self.device,
+            export_dir=export_dir,
+            progress=self.progress and self.is_main,
+            num_classes=self.cfg.model.num_classes,
+        )
 
     def eval_and_track(self, final: bool = False):
         """Evaluate (rank 0), log ``eval/*``, keep ``best.pt`` / ``best_metrics.json`` and, when
@@ -320,17 +355,24 @@ class Trainer:
             dist.barrier()
             return None
         rare = metrics.rarest(self.cfg.eval.rare_k)
-        rec = {"miou": metrics.miou, "min_iou": metrics.min_iou, "acc": metrics.acc,
-               "mean_recall": metrics.mean_recall, "rare_recall": metrics.rare_recall(rare)}
+        rec = {
+            "miou": metrics.miou,
+            "min_iou": metrics.min_iou,
+            "acc": metrics.acc,
+            "mean_recall": metrics.mean_recall,
+            "rare_recall": metrics.rare_recall(rare),
+        }
         logger.write(self.step, {f"eval/{k}": v for k, v in rec.items()}, kind="eval")
         if metrics.miou > self.best_miou:
             self.best_miou = metrics.miou
             self.save("best.pt")
-            atomic_write_text(self.run_dir / "best_metrics.json",
-                              json.dumps({"step": self.step, **metrics.to_dict()}, indent=1))
+            atomic_write_text(
+                self.run_dir / "best_metrics.json", json.dumps({"step": self.step, **metrics.to_dict()}, indent=1)
+            )
         if final:
-            atomic_write_text(self.run_dir / "final_metrics.json",
-                              json.dumps({"step": self.step, **metrics.to_dict()}, indent=1))
+            atomic_write_text(
+                self.run_dir / "final_metrics.json", json.dumps({"step": self.step, **metrics.to_dict()}, indent=1)
+            )
         dist.barrier()
         return metrics
 

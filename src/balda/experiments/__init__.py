@@ -7,15 +7,44 @@
   intervals, per-class IoU, conflict and labelled-set tables, plots (Markdown, CSV, JSON);
 * :mod:`.readme` - the results block of the README, regenerated from a summary.
 """
+
 from __future__ import annotations
 
-from .catalog import (CATALOG, CONTROLS, DEFAULT_BENCH_METHODS, DEMO_METHODS, QUICK_BENCH_METHODS, WARMUP, Cell,
-                      cell_config, cell_overrides)
+from .catalog import DEMO_METHODS, QUICK_BENCH_METHODS, Cell, cell_config, cell_overrides, entries, entry
 from .readme import README_BEGIN, README_END, git_commit, write_readme_section
 from .runner import ensure_benchmark, is_done, prepare_warmup, run_cell, run_demo, run_grid
 from .summary import paired_differences, summarize
 
-__all__ = ["CATALOG", "CONTROLS", "DEFAULT_BENCH_METHODS", "DEMO_METHODS", "QUICK_BENCH_METHODS", "WARMUP", "Cell",
-           "README_BEGIN", "README_END", "cell_config", "cell_overrides", "ensure_benchmark", "git_commit",
-           "is_done", "paired_differences", "prepare_warmup", "run_cell", "run_demo", "run_grid", "summarize",
-           "write_readme_section"]
+__all__ = [
+    "CATALOG",
+    "CONTROLS",
+    "DEMO_METHODS",
+    "QUICK_BENCH_METHODS",
+    "WARMUP",
+    "Cell",
+    "entries",
+    "entry",
+    "README_BEGIN",
+    "README_END",
+    "cell_config",
+    "cell_overrides",
+    "ensure_benchmark",
+    "git_commit",
+    "is_done",
+    "paired_differences",
+    "prepare_warmup",
+    "run_cell",
+    "run_demo",
+    "run_grid",
+    "summarize",
+    "write_readme_section",
+]
+
+
+def __getattr__(name: str):
+    """``CATALOG``, ``CONTROLS``, ``WARMUP`` (with the registered entries): see :mod:`.catalog`."""
+    if name in ("CATALOG", "CONTROLS", "WARMUP"):
+        from . import catalog
+
+        return getattr(catalog, name)
+    raise AttributeError(name)

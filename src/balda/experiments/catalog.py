@@ -4,14 +4,19 @@ A *method* of the catalogue is a shipped config plus overrides (``self_training+
 ``streets/self_training`` with ``balancing.class_weights=gbw``). A *cell* is a (method, seed)
 pair; its run folder is ``<out>/<method>_s<seed>``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
-#: method name -> (shipped config, overrides). Order = table order.
-CATALOG: dict[str, tuple[str, tuple[str, ...]]] = {
+from balda.core.errors import ConfigError
+from balda.core.registry import BENCH, BenchEntry
+
+#: The built-in experiment design: method name -> (shipped config, overrides), in table order.
+#: Method modules add their own entries to :data:`balda.core.registry.BENCH` (CPSL's, a plugin's).
+_BUILTIN: dict[str, tuple[str, tuple[str, ...]]] = {
     "source_only": ("streets/source_only", ()),
     "oracle": ("streets/oracle", ()),
     "self_training": ("streets/self_training", ()),
@@ -19,8 +24,10 @@ CATALOG: dict[str, tuple[str, tuple[str, ...]]] = {
     "minent": ("streets/minent", ()),
     "source_only+gbw": ("streets/source_only", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
     "self_training+gbw": ("streets/self_training", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
-    "self_training+gbw_faithful": ("streets/self_training", ("balancing.class_weights=gbw",
-                                                             "balancing.gbw.mode=faithful")),
+    "self_training+gbw_faithful": (
+        "streets/self_training",
+        ("balancing.class_weights=gbw", "balancing.gbw.mode=faithful"),
+    ),
     "self_training+inverse_freq": ("streets/self_training", ("balancing.class_weights=inverse_freq",)),
     "self_training+class_balanced": ("streets/self_training", ("balancing.class_weights=class_balanced",)),
     "advent+gbw": ("streets/advent", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
@@ -29,8 +36,10 @@ CATALOG: dict[str, tuple[str, tuple[str, ...]]] = {
     "advent+gh++": ("streets/advent", ("balancing.combiner=gh++",)),
     "minent+gh": ("streets/minent", ("balancing.combiner=gh",)),
     "self_training+gh": ("streets/self_training", ("balancing.combiner=gh",)),
-    "self_training+gbw+gh": ("streets/self_training", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free",
-                                                       "balancing.combiner=gh")),
+    "self_training+gbw+gh": (
+        "streets/self_training",
+        ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free", "balancing.combiner=gh"),
+    ),
     # #4's investigation of self-training: per-pixel confidence masks, and a two-stage run from the
     # source-only model (model.init) against its control, source-only continued for as long
     "self_training@pixel": ("streets/self_training", ("method.self_training.pseudo_weight=pixel",)),
@@ -39,26 +48,39 @@ CATALOG: dict[str, tuple[str, tuple[str, ...]]] = {
     "self_training+rcs": ("streets/self_training", ("data.rcs.enabled=true", "data.rcs.min_pixels=100")),
     "source_only+rcs": ("streets/source_only", ("data.rcs.enabled=true", "data.rcs.min_pixels=100")),
     "source_only@warm": ("streets/source_only", ()),
-    "cpsl": ("streets/cpsl", ()),
-    "cpsl+gbw": ("streets/cpsl", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
-    **{f"{sel}@{b}%": (f"streets/active_{sel}", (f"active.budget={b / 100}",))
-       for b in (2, 5, 10, 20) for sel in ("ripu", "cbda")},
+    **{
+        f"{sel}@{b}%": (f"streets/active_{sel}", (f"active.budget={b / 100}",))
+        for b in (2, 5, 10, 20)
+        for sel in ("ripu", "cbda")
+    },
     # active learning on top of self-training (a combination no released code runs)
-    **{f"self_training+{sel}@{b}%": ("streets/self_training", ("active.enabled=true", f"active.selection={sel}",
-                                                             "active.mode=region", f"active.budget={b / 100}",
-                                                             "active.rounds=[0.1, 0.2, 0.3, 0.4, 0.5]"))
-       for b in (5,) for sel in ("ripu", "cbda")},
+    **{
+        f"self_training+{sel}@{b}%": (
+            "streets/self_training",
+            (
+                "active.enabled=true",
+                f"active.selection={sel}",
+                "active.mode=region",
+                f"active.budget={b / 100}",
+                "active.rounds=[0.1, 0.2, 0.3, 0.4, 0.5]",
+            ),
+        )
+        for b in (5,)
+        for sel in ("ripu", "cbda")
+    },
     # CBDA's two parts alone (the paper's ablation): class-balanced scores with RIPU's per-image
     # budget, and the dynamic global selection with RIPU's unweighted scores
-    **{f"cbda_{part}@{b}%": ("streets/active_cbda", (f"active.budget={b / 100}", off))
-       for b in (2, 5, 10) for part, off in (("balance", "active.cbda.dynamic=false"),
-                                            ("dynamic", "active.cbda.class_balance=false"))},
+    **{
+        f"cbda_{part}@{b}%": ("streets/active_cbda", (f"active.budget={b / 100}", off))
+        for b in (2, 5, 10)
+        for part, off in (("balance", "active.cbda.dynamic=false"), ("dynamic", "active.cbda.class_balance=false"))
+    },
 }
 
 #: The control each method is compared with, paired by seed (the difference of the two runs of the
 #: same seed; see :func:`balda.experiments.summary.paired_differences`): the base a module is added
 #: to, the warm-up a stage starts from, or the method a variant replaces.
-CONTROLS: dict[str, tuple[str, ...]] = {
+_BUILTIN_CONTROLS: dict[str, tuple[str, ...]] = {
     "oracle": ("source_only",),
     "self_training": ("source_only",),
     "advent": ("source_only",),
@@ -80,22 +102,51 @@ CONTROLS: dict[str, tuple[str, ...]] = {
     "self_training+rcs": ("self_training",),
     "source_only+rcs": ("source_only",),
     "source_only@warm": ("source_only",),
-    "cpsl": ("self_training", "advent"),
-    "cpsl+gbw": ("cpsl",),
     **{f"ripu@{b}%": ("source_only",) for b in (2, 5, 10, 20)},
     **{f"cbda@{b}%": (f"ripu@{b}%",) for b in (2, 5, 10, 20)},
     **{f"cbda_{part}@{b}%": (f"ripu@{b}%",) for b in (2, 5, 10) for part in ("balance", "dynamic")},
     **{f"self_training+{sel}@5%": ("self_training", f"{sel}@5%") for sel in ("ripu", "cbda")},
 }
-CONTROLS["self_training+cbda@5%"] += ("self_training+ripu@5%",)
+_BUILTIN_CONTROLS["self_training+cbda@5%"] += ("self_training+ripu@5%",)
 
 #: Methods that start from another method's finished run of the same seed: CPSL from its AdvEnt
 #: warm-up (then ``balda cpsl prepare``), the ``@warm`` variants from its final weights (``model.init``).
-WARMUP = {"cpsl": "advent", "cpsl+gbw": "advent", "self_training@warm": "source_only",
-          "source_only@warm": "source_only"}
+_BUILTIN_WARMUP = {"self_training@warm": "source_only", "source_only@warm": "source_only"}
 
-#: The full grid of ``balda bench``.
-DEFAULT_BENCH_METHODS = tuple(CATALOG)
+
+def entries() -> dict[str, BenchEntry]:
+    """Every bench method: the built-in design, then the entries registered by method modules (a
+    registered name replaces a built-in one), in table order."""
+    out = {
+        name: BenchEntry(
+            name, config, tuple(over), controls=_BUILTIN_CONTROLS.get(name, ()), warmup=_BUILTIN_WARMUP.get(name)
+        )
+        for name, (config, over) in _BUILTIN.items()
+    }
+    for name, e in BENCH.items():
+        out[name] = e
+    return out
+
+
+def entry(name: str) -> BenchEntry:
+    e = entries().get(name)
+    if e is None:
+        raise ConfigError(f"unknown bench method {name!r}; see `balda bench --list`")
+    return e
+
+
+def __getattr__(name: str):
+    """``CATALOG`` (name -> (config, overrides)), ``CONTROLS`` and ``WARMUP``, computed from
+    :func:`entries` when read (so registered entries are included)."""
+    if name == "CATALOG":
+        return {k: (e.config, e.overrides) for k, e in entries().items()}
+    if name == "CONTROLS":
+        return {k: e.controls for k, e in entries().items() if e.controls}
+    if name == "WARMUP":
+        return {k: e.warmup for k, e in entries().items() if e.warmup}
+    raise AttributeError(name)
+
+
 #: ``balda bench --quick``.
 QUICK_BENCH_METHODS = ("source_only", "oracle", "self_training", "self_training+gbw", "advent", "advent+gh")
 #: What ``balda demo`` trains by default (<= 10 minutes on 2 CPU cores).
@@ -113,12 +164,16 @@ class Cell:
 
 
 def cell_overrides(cell: Cell, data: Path, out: Path, quick: bool = False, extra: Iterable[str] = ()) -> list[str]:
-    if cell.method not in CATALOG:
-        raise ValueError(f"unknown method {cell.method!r}; known: {', '.join(CATALOG)}")
-    _, over = CATALOG[cell.method]
-    o = [f"name={cell.name}", f"out_dir={out}", f"train.seed={cell.seed}",
-         f"data.source.root={data / 'source'}", f"data.target.root={data / 'target'}",
-         f"data.val.root={data / 'target'}", *over]
+    over = entry(cell.method).overrides
+    o = [
+        f"name={cell.name}",
+        f"out_dir={out}",
+        f"train.seed={cell.seed}",
+        f"data.source.root={data / 'source'}",
+        f"data.target.root={data / 'target'}",
+        f"data.val.root={data / 'target'}",
+        *over,
+    ]
     if quick:
         o += ["train.iters=40", "train.ckpt_every=20", "train.log_every=10", "eval.max_images=16"]
     return o + list(extra)
@@ -127,6 +182,4 @@ def cell_overrides(cell: Cell, data: Path, out: Path, quick: bool = False, extra
 def cell_config(cell: Cell, data: Path, out: Path, quick: bool = False, extra: Iterable[str] = ()):
     from balda.config import load_config, resolve_config
 
-    return load_config(resolve_config(CATALOG[cell.method][0]), cell_overrides(cell, data, out, quick, extra))
-
-
+    return load_config(resolve_config(entry(cell.method).config), cell_overrides(cell, data, out, quick, extra))

@@ -1,4 +1,5 @@
 """Writing a grid's summary into the README between markers, with the command, commit and machine."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,12 @@ README_END = "<!-- results:end -->"
 
 def git_commit(path: Path = Path(".")) -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=path, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
 
@@ -29,9 +34,11 @@ def write_readme_section(readme: Path, out: Path, command: str, commit: Optional
 
     summary = (out / "summary.md").read_text()
     n_runs = len(json.loads((out / "summary.json").read_text())["runs"])
-    head = (f"Produced by `{command}` ({n_runs} runs) at commit `{commit or git_commit()}` on "
-            f"{platform.machine()} with {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-            f"{time.strftime('%Y-%m-%d')}. Per-run metrics, configs and plots: `{out}/`.")
+    head = (
+        f"Produced by `{command}` ({n_runs} runs) at commit `{commit or git_commit()}` on "
+        f"{platform.machine()} with {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}. Per-run metrics, configs and plots: `{out}/`."
+    )
     block = f"{README_BEGIN}\n{head}\n\n{summary.strip()}\n{README_END}"
     text = readme.read_text()
     if README_BEGIN in text and README_END in text:
@@ -41,5 +48,3 @@ def write_readme_section(readme: Path, out: Path, command: str, commit: Optional
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     readme.write_text(text)
-
-

@@ -1,5 +1,6 @@
 """Running the bench grid: cells as resumable subprocesses (``jobs`` at a time), warm-ups first,
 the benchmark generated when missing; ``balda demo`` is a small grid."""
+
 from __future__ import annotations
 
 import json
@@ -8,46 +9,61 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
-from .catalog import CATALOG, DEMO_METHODS, WARMUP, Cell, cell_config, cell_overrides
+from .catalog import DEMO_METHODS, Cell, cell_config, cell_overrides, entry
 from .summary import summarize
 
 log = logging.getLogger("balda.experiments")
 
 
-def prepare_warmup(cell: Cell, data: Path, out: Path, quick: bool, extra: Iterable[str], subprocess_mode: bool,
-                   progress: bool) -> list[str]:
-    """Finish the warm-up cell and return the override that starts ``cell`` from it: for CPSL, run
-    ``balda cpsl prepare`` on it (``method.cpsl.prepared``); otherwise ``model.init`` = its final weights."""
-    warm = Cell(WARMUP[cell.method], cell.seed)
+def prepare_warmup(
+    cell: Cell, data: Path, out: Path, quick: bool, extra: Iterable[str], subprocess_mode: bool, progress: bool
+) -> list[str]:
+    """Finish the warm-up cell and return the overrides that start ``cell`` from it: what the entry's
+    ``prepare`` returns (CPSL: ``balda cpsl prepare`` on the warm-up run), else ``model.init`` = the
+    warm-up's final weights."""
+    e = entry(cell.method)
+    warm = Cell(e.warmup, cell.seed)
     run_cell(warm, data, out, quick, extra, subprocess_mode, progress)
-    if CATALOG[cell.method][0] != "streets/cpsl":
+    if e.prepare is None:
         return [f"model.init={out / warm.name / 'final.pt'}"]
-    prepared = out / f"cpsl_prepared_s{cell.seed}"
-    if not (prepared / "manifest.json").is_file():
-        from balda.methods.cpsl.prepare import prepare_from_checkpoint
+    return list(e.prepare(out / warm.name, out, cell.seed, data, progress))
 
-        over = [f"data.target.root={data / 'target'}", f"data.val.root={data / 'target'}",
-                "method.cpsl.pseudo_stride=2"]
-        prepare_from_checkpoint(out / warm.name, prepared, overrides=over, progress=progress)
-    return [f"method.cpsl.prepared={prepared}"]
+
+def _has_warmup(cell: Cell) -> bool:
+    return entry(cell.method).warmup is not None
 
 
 def is_done(cell: Cell, out: Path) -> bool:
     return (out / cell.name / "final_metrics.json").is_file()
 
 
-def run_cell(cell: Cell, data: Path, out: Path, quick: bool = False, extra: Iterable[str] = (),
-             subprocess_mode: bool = False, progress: bool = True) -> dict:
+def run_cell(
+    cell: Cell,
+    data: Path,
+    out: Path,
+    quick: bool = False,
+    extra: Iterable[str] = (),
+    subprocess_mode: bool = False,
+    progress: bool = True,
+) -> dict:
     """Train and evaluate one cell (resuming its run if interrupted); return its final metrics."""
-    if not is_done(cell, out) and cell.method in WARMUP:
+    if not is_done(cell, out) and _has_warmup(cell):
         extra = list(extra) + prepare_warmup(cell, data, out, quick, extra, subprocess_mode, progress)
     if not is_done(cell, out):
         if subprocess_mode:
-            cmd = [sys.executable, "-m", "balda.cli", "train", CATALOG[cell.method][0],
-                   *cell_overrides(cell, data, out, quick, extra), "--resume"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "balda.cli",
+                "train",
+                entry(cell.method).config,
+                *cell_overrides(cell, data, out, quick, extra),
+                "--resume",
+            ]
             if not progress:
                 cmd.append("--no-progress")
             env = dict(os.environ)
@@ -55,7 +71,9 @@ def run_cell(cell: Cell, data: Path, out: Path, quick: bool = False, extra: Iter
             with open(out / cell.name / "stdout.log", "a") as f:
                 r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
             if r.returncode != 0:
-                raise RuntimeError(f"cell {cell.name} failed (exit {r.returncode}); see {out / cell.name / 'stdout.log'}")
+                raise RuntimeError(
+                    f"cell {cell.name} failed (exit {r.returncode}); see {out / cell.name / 'stdout.log'}"
+                )
         else:
             from balda.engine.trainer import train
 
@@ -78,8 +96,17 @@ def ensure_benchmark(data: Path, progress: bool = True) -> None:
     generate_streets(data, progress=progress)
 
 
-def run_grid(methods: Iterable[str], seeds: Iterable[int], data: Path, out: Path, quick: bool = False,
-             subprocess_mode: bool = False, progress: bool = True, extra: Iterable[str] = (), jobs: int = 1) -> dict:
+def run_grid(
+    methods: Iterable[str],
+    seeds: Iterable[int],
+    data: Path,
+    out: Path,
+    quick: bool = False,
+    subprocess_mode: bool = False,
+    progress: bool = True,
+    extra: Iterable[str] = (),
+    jobs: int = 1,
+) -> dict:
     """Run every (method, seed) cell not yet finished, ``jobs`` subprocesses at a time (each with
     ``cpu_count // jobs`` threads), then summarise. With ``jobs > 1`` cells always run in subprocesses."""
     methods, seeds = list(methods), list(seeds)
@@ -93,11 +120,14 @@ def run_grid(methods: Iterable[str], seeds: Iterable[int], data: Path, out: Path
         threads = max(1, (os.cpu_count() or 1) // jobs)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         todo = [c for c in cells if not is_done(c, out)]
-        print(f"{len(cells) - len(todo)} of {len(cells)} cells already done; running {len(todo)} "
-              f"with {jobs} jobs x {threads} threads", flush=True)
+        print(
+            f"{len(cells) - len(todo)} of {len(cells)} cells already done; running {len(todo)} "
+            f"with {jobs} jobs x {threads} threads",
+            flush=True,
+        )
         # cells that start from another cell's run (CPSL's warm-up) go in a second phase, so that
         # two workers never train the same run folder at once
-        phases = [[c for c in todo if c.method not in WARMUP], [c for c in todo if c.method in WARMUP]]
+        phases = [[c for c in todo if not _has_warmup(c)], [c for c in todo if _has_warmup(c)]]
         done = 0
         bar = _grid_progress(len(todo)) if progress else None
         for k, phase in enumerate(phases):
@@ -109,8 +139,10 @@ def run_grid(methods: Iterable[str], seeds: Iterable[int], data: Path, out: Path
                 for fut in futures:
                     fut.result()
                     done += 1
-                    msg = f"[{done}/{len(todo)}] {futures[fut].method} seed {futures[fut].seed}: done " \
-                          f"({time.time() - t0:.0f} s)"
+                    msg = (
+                        f"[{done}/{len(todo)}] {futures[fut].method} seed {futures[fut].seed}: done "
+                        f"({time.time() - t0:.0f} s)"
+                    )
                     if bar is not None:
                         bar[0].update(bar[1], advance=1, description=msg)
                     else:
@@ -129,18 +161,36 @@ def run_grid(methods: Iterable[str], seeds: Iterable[int], data: Path, out: Path
 
 def _grid_progress(total: int):
     """An overall rich progress bar over a grid's cells (elapsed time and ETA)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                 TextColumn("eta"), TimeRemainingColumn())
+    p = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
     p.start()
     return p, p.add_task("grid", total=total)
 
 
-def run_demo(out: Path = Path("runs/demo"), data: Path = Path("data/streets"), quick: bool = False,
-             methods: Optional[Iterable[str]] = None, seeds: int = 1, progress: bool = True,
-             jobs: Optional[int] = None) -> dict:
+def run_demo(
+    out: Path = Path("runs/demo"),
+    data: Path = Path("data/streets"),
+    quick: bool = False,
+    methods: Optional[Iterable[str]] = None,
+    seeds: int = 1,
+    progress: bool = True,
+    jobs: Optional[int] = None,
+) -> dict:
     """The main job: benchmark (generated if missing), the demo methods, a table and plots.
 
     Cells run as ``jobs`` parallel subprocesses (default 2 when there are at least 2 cores), each

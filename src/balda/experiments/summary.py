@@ -1,25 +1,45 @@
 """Summaries of a bench grid: mean +- std over seeds per method, paired-by-seed differences to each
 method's control with 95% intervals, gradient-conflict and labelled-set tables, plots."""
+
 from __future__ import annotations
 
 import csv
 import json
 import logging
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
 from balda.data.labels import CLASS_NAMES
 
-from .catalog import CONTROLS, Cell
+from .catalog import Cell, entries
 
 log = logging.getLogger("balda.experiments")
 
 #: 0.975 quantiles of Student's t with ``n - 1`` degrees of freedom, by the number of pairs ``n``.
-_T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262, 11: 2.228,
-         12: 2.201, 13: 2.179, 14: 2.160, 15: 2.145, 16: 2.131, 17: 2.120, 18: 2.110, 19: 2.101, 20: 2.093}
+_T975 = {
+    2: 12.706,
+    3: 4.303,
+    4: 3.182,
+    5: 2.776,
+    6: 2.571,
+    7: 2.447,
+    8: 2.365,
+    9: 2.306,
+    10: 2.262,
+    11: 2.228,
+    12: 2.201,
+    13: 2.179,
+    14: 2.160,
+    15: 2.145,
+    16: 2.131,
+    17: 2.120,
+    18: 2.110,
+    19: 2.101,
+    20: 2.093,
+}
 #: The metrics compared by seed (percent): mIoU, mean recall of the rarest classes, min-class IoU.
 PAIRED_METRICS = ("miou", "rare_recall", "min_iou")
 
@@ -41,11 +61,14 @@ def paired_interval(diffs: Iterable[float]) -> tuple[float, float, int]:
     return float(d.mean()), float(t * d.std(ddof=1) / math.sqrt(n)), n
 
 
-def paired_differences(per_seed: dict[str, dict[int, dict[str, float]]],
-                       controls: dict[str, tuple[str, ...]] = CONTROLS) -> list[dict]:
+def paired_differences(
+    per_seed: dict[str, dict[int, dict[str, float]]], controls: dict[str, tuple[str, ...]] | None = None
+) -> list[dict]:
     """For every method with a control in ``per_seed`` (``{method: {seed: {metric: value}}}``), the
     paired-by-seed difference of each :data:`PAIRED_METRICS` over the seeds both have:
     ``{"method", "control", "n", "<metric>": (mean, half-width)}`` (see :func:`paired_interval`)."""
+    if controls is None:
+        controls = {k: e.controls for k, e in entries().items() if e.controls}
     rows = []
     for method, ctrls in controls.items():
         if method not in per_seed:
@@ -81,18 +104,28 @@ def paired_table(rows: list[dict]) -> list[str]:
     """Markdown lines of :func:`paired_differences` (``*``: the 95% interval excludes 0)."""
     if not rows:
         return []
-    lines = ["", "Each method against its control, paired by seed (mean difference of the runs with the same seed "
-                 "[95% t-interval]; * = the interval excludes 0):", "",
-             "| method | control | pairs | Δ mIoU | Δ rare recall | Δ min-class IoU |", "|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "Each method against its control, paired by seed (mean difference of the runs with the same seed "
+        "[95% t-interval]; * = the interval excludes 0):",
+        "",
+        "| method | control | pairs | Δ mIoU | Δ rare recall | Δ min-class IoU |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['control']} | {r['n']} | {_fmt_interval(*r['miou'])} | "
-                     f"{_fmt_interval(*r['rare_recall'])} | {_fmt_interval(*r['min_iou'])} |")
+        lines.append(
+            f"| {r['method']} | {r['control']} | {r['n']} | {_fmt_interval(*r['miou'])} | "
+            f"{_fmt_interval(*r['rare_recall'])} | {_fmt_interval(*r['min_iou'])} |"
+        )
     return lines
+
 
 def _per_class(m: dict, key: str = "iou") -> np.ndarray:
     pc = m.get("per_class", {})
-    return np.array([(pc.get(c, {}) or {}).get(key, np.nan) if isinstance(pc.get(c), dict) else np.nan
-                     for c in CLASS_NAMES], dtype=float)
+    return np.array(
+        [(pc.get(c, {}) or {}).get(key, np.nan) if isinstance(pc.get(c), dict) else np.nan for c in CLASS_NAMES],
+        dtype=float,
+    )
 
 
 def _rarest(results: list[dict], k: int) -> list[int]:
@@ -122,9 +155,17 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
     if not rows:
         return {}
     rare = _rarest(next(iter(rows.values())), rare_k)
-    per_seed = {method: {s: {"miou": 100 * m["miou"], "min_iou": 100 * m["min_iou"],
-                             "rare_recall": 100 * float(np.nanmean(_per_class(m, "recall")[rare]))}
-                         for s, m in ms.items()} for method, ms in by_seed.items()}
+    per_seed = {
+        method: {
+            s: {
+                "miou": 100 * m["miou"],
+                "min_iou": 100 * m["min_iou"],
+                "rare_recall": 100 * float(np.nanmean(_per_class(m, "recall")[rare])),
+            }
+            for s, m in ms.items()
+        }
+        for method, ms in by_seed.items()
+    }
     paired = paired_differences(per_seed)
     table = {}
     curves: dict[str, tuple[list, list]] = {}
@@ -154,8 +195,13 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
         mini = np.array([m["min_iou"] for m in ms]) * 100
         rrec = np.array([np.nanmean(_per_class(m, "recall")[rare]) for m in ms]) * 100
         ious = np.stack([_per_class(m, "iou") for m in ms]) * 100
-        table[method] = {"n": len(ms), "miou": _mean_std(miou), "min_iou": _mean_std(mini),
-                         "rare_recall": _mean_std(rrec), "iou": np.nanmean(ious, 0)}
+        table[method] = {
+            "n": len(ms),
+            "miou": _mean_std(miou),
+            "min_iou": _mean_std(mini),
+            "rare_recall": _mean_std(rrec),
+            "iou": np.nanmean(ious, 0),
+        }
         if gh_conf:
             table[method]["gh_conflict"] = (float(np.mean(gh_conf)), float(np.std(gh_conf)))
             table[method]["gh_angle"] = (float(np.mean(gh_angle)), float(np.std(gh_angle)))
@@ -163,31 +209,57 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
             table[method]["labelled_kl"] = (float(np.mean(kl)), float(np.std(kl)))
             table[method]["labelled_min_share"] = (float(np.mean(min_share)), float(np.std(min_share)))
     names = [CLASS_NAMES[c] for c in rare]
-    lines = [f"Rarest target classes (val ground truth): {', '.join(names)}.", "",
-             "| method | seeds | mIoU | min-class IoU | rare recall |", "|---|---|---|---|---|"]
+    lines = [
+        f"Rarest target classes (val ground truth): {', '.join(names)}.",
+        "",
+        "| method | seeds | mIoU | min-class IoU | rare recall |",
+        "|---|---|---|---|---|",
+    ]
     for method, t in table.items():
-        lines.append(f"| {method} | {t['n']} | {t['miou'][0]:.1f} ± {t['miou'][1]:.1f} | "
-                     f"{t['min_iou'][0]:.1f} ± {t['min_iou'][1]:.1f} | "
-                     f"{t['rare_recall'][0]:.1f} ± {t['rare_recall'][1]:.1f} |")
+        lines.append(
+            f"| {method} | {t['n']} | {t['miou'][0]:.1f} ± {t['miou'][1]:.1f} | "
+            f"{t['min_iou'][0]:.1f} ± {t['min_iou'][1]:.1f} | "
+            f"{t['rare_recall'][0]:.1f} ± {t['rare_recall'][1]:.1f} |"
+        )
     lines += paired_table(paired)
     gh_rows = {k: t for k, t in table.items() if "gh_conflict" in t}
     if gh_rows:
-        lines += ["", "Gradient conflict between the task and alignment gradients (GH runs; mean over logged "
-                      "intervals, then over seeds):", "", "| method | steps in conflict (%) | mean angle (deg) |",
-                  "|---|---|---|"]
+        lines += [
+            "",
+            "Gradient conflict between the task and alignment gradients (GH runs; mean over logged "
+            "intervals, then over seeds):",
+            "",
+            "| method | steps in conflict (%) | mean angle (deg) |",
+            "|---|---|---|",
+        ]
         for method, t in gh_rows.items():
-            lines.append(f"| {method} | {t['gh_conflict'][0]:.1f} ± {t['gh_conflict'][1]:.1f} | "
-                         f"{t['gh_angle'][0]:.1f} ± {t['gh_angle'][1]:.1f} |")
+            lines.append(
+                f"| {method} | {t['gh_conflict'][0]:.1f} ± {t['gh_conflict'][1]:.1f} | "
+                f"{t['gh_angle'][0]:.1f} ± {t['gh_angle'][1]:.1f} |"
+            )
     al_rows = {k: t for k, t in table.items() if "labelled_kl" in t}
     if al_rows:
-        lines += ["", "Labelled target set after the last acquisition round (active runs; mean over seeds): KL "
-                      "divergence of its class histogram to uniform (lower = more balanced) and the share of its "
-                      "rarest class:", "", "| method | KL to uniform | rarest-class share (%) |", "|---|---|---|"]
+        lines += [
+            "",
+            "Labelled target set after the last acquisition round (active runs; mean over seeds): KL "
+            "divergence of its class histogram to uniform (lower = more balanced) and the share of its "
+            "rarest class:",
+            "",
+            "| method | KL to uniform | rarest-class share (%) |",
+            "|---|---|---|",
+        ]
         for method, t in al_rows.items():
-            lines.append(f"| {method} | {t['labelled_kl'][0]:.3f} ± {t['labelled_kl'][1]:.3f} | "
-                         f"{t['labelled_min_share'][0]:.2f} ± {t['labelled_min_share'][1]:.2f} |")
-    lines += ["", "Per-class IoU (mean over seeds):", "",
-              "| method | " + " | ".join(CLASS_NAMES) + " |", "|---" * (len(CLASS_NAMES) + 1) + "|"]
+            lines.append(
+                f"| {method} | {t['labelled_kl'][0]:.3f} ± {t['labelled_kl'][1]:.3f} | "
+                f"{t['labelled_min_share'][0]:.2f} ± {t['labelled_min_share'][1]:.2f} |"
+            )
+    lines += [
+        "",
+        "Per-class IoU (mean over seeds):",
+        "",
+        "| method | " + " | ".join(CLASS_NAMES) + " |",
+        "|---" * (len(CLASS_NAMES) + 1) + "|",
+    ]
     for method, t in table.items():
         lines.append(f"| {method} | " + " | ".join("–" if np.isnan(v) else f"{v:.1f}" for v in t["iou"]) + " |")
     md = "\n".join(lines) + "\n"
@@ -196,27 +268,68 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
         w = csv.DictWriter(f, fieldnames=["method", "seed", "miou", "min_iou", "acc"])
         w.writeheader()
         w.writerows(runs)
-    (out / "summary.json").write_text(json.dumps(
-        {"rare_classes": names, "methods": {k: {**{m: list(v) for m, v in t.items() if m in (
-            "miou", "min_iou", "rare_recall", "gh_conflict", "gh_angle", "labelled_kl", "labelled_min_share")},
-                                                "n": t["n"], "iou": [None if np.isnan(x) else x for x in t["iou"]]}
-                                            for k, t in table.items()}, "runs": runs,
-         "paired": [{**r, **{k: list(r[k]) for k in PAIRED_METRICS}} for r in paired]}, indent=1))
+    (out / "summary.json").write_text(
+        json.dumps(
+            {
+                "rare_classes": names,
+                "methods": {
+                    k: {
+                        **{
+                            m: list(v)
+                            for m, v in t.items()
+                            if m
+                            in (
+                                "miou",
+                                "min_iou",
+                                "rare_recall",
+                                "gh_conflict",
+                                "gh_angle",
+                                "labelled_kl",
+                                "labelled_min_share",
+                            )
+                        },
+                        "n": t["n"],
+                        "iou": [None if np.isnan(x) else x for x in t["iou"]],
+                    }
+                    for k, t in table.items()
+                },
+                "runs": runs,
+                "paired": [{**r, **{k: list(r[k]) for k in PAIRED_METRICS}} for r in paired],
+            },
+            indent=1,
+        )
+    )
     try:
-        from balda.engine import plots
+        from balda import plots
 
-        plots.plot_class_iou({k: t["iou"] / 100 for k, t in table.items()}, CLASS_NAMES, out / "class_iou.png",
-                             title="target per-class IoU")
-        plots.plot_bars({k: t["miou"][0] for k, t in table.items()}, out / "miou.png", "target mIoU", "mIoU (%)",
-                        errors={k: t["miou"][1] for k, t in table.items()})
+        plots.plot_class_iou(
+            {k: t["iou"] / 100 for k, t in table.items()},
+            CLASS_NAMES,
+            out / "class_iou.png",
+            title="target per-class IoU",
+        )
+        plots.plot_bars(
+            {k: t["miou"][0] for k, t in table.items()},
+            out / "miou.png",
+            "target mIoU",
+            "mIoU (%)",
+            errors={k: t["miou"][1] for k, t in table.items()},
+        )
         if curves:
-            plots.plot_curves(curves, out / "training_source_ce.png", "source CE during training (mean over seeds)",
-                              "iteration", "loss")
-        plots.plot_bars({k: t["rare_recall"][0] for k, t in table.items()}, out / "rare_recall.png",
-                        f"mean recall of the {len(rare)} rarest classes", "recall (%)",
-                        errors={k: t["rare_recall"][1] for k, t in table.items()})
+            plots.plot_curves(
+                curves,
+                out / "training_source_ce.png",
+                "source CE during training (mean over seeds)",
+                "iteration",
+                "loss",
+            )
+        plots.plot_bars(
+            {k: t["rare_recall"][0] for k, t in table.items()},
+            out / "rare_recall.png",
+            f"mean recall of the {len(rare)} rarest classes",
+            "recall (%)",
+            errors={k: t["rare_recall"][1] for k, t in table.items()},
+        )
     except Exception as e:  # pragma: no cover - plots never lose results
         log.warning("could not draw summary plots: %s", e)
     return {"markdown": md, "table": table, "rare": rare, "paired": paired}
-
-

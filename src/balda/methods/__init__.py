@@ -5,6 +5,7 @@ importing this package imports the built-in ones; :func:`build_strategy` looks t
 up in the registry and applies the registered wrappers (active learning), so neither this package
 nor the trainer names a method.
 """
+
 from __future__ import annotations
 
 from typing import Optional

@@ -23,6 +23,7 @@ D and its optimiser are owned by the strategy: D is not among :meth:`Strategy.op
 (the trainer's optimiser never sees it) and the optimiser state is saved through
 ``get_extra_state``/``set_extra_state``, so the strategy's ``state_dict`` restores both.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,8 +53,8 @@ class AdversarialConfig:
     #: Add MinEnt on the target besides the adversarial loss (AdvEnt "AdvEnt+MinEnt"); 0 = off.
     lambda_ent: float = 0.0
 
-__all__ = ["Discriminator", "AdversarialStrategy", "discriminator_input", "gan_loss", "SOURCE_LABEL",
-           "TARGET_LABEL"]
+
+__all__ = ["Discriminator", "AdversarialStrategy", "discriminator_input", "gan_loss", "SOURCE_LABEL", "TARGET_LABEL"]
 
 #: Domain labels of the discriminator (AdvEnt: source 0, target 1).
 SOURCE_LABEL = 0.0
@@ -105,8 +106,9 @@ def gan_loss(d_out: torch.Tensor, label: float, gan: str = "bce") -> torch.Tenso
     raise ValueError(f"gan must be 'bce' or 'lsgan', got {gan!r}")
 
 
-@register_strategy("adversarial", config=AdversarialConfig,
-                   description="output-space adversarial alignment (AdaptSegNet / AdvEnt)")
+@register_strategy(
+    "adversarial", config=AdversarialConfig, description="output-space adversarial alignment (AdaptSegNet / AdvEnt)"
+)
 class AdversarialStrategy(Strategy):
     """AdaptSegNet / AdvEnt output-space alignment (see module docstring).
 
@@ -116,9 +118,18 @@ class AdversarialStrategy(Strategy):
     ``d_optimizer``.
     """
 
-    def __init__(self, model: Segmentor, weighting: Optional[WeightingFactory], cfg: AdversarialConfig,
-                 num_classes: int, mean=None, std=None, seed: int = 0, max_iters: Optional[int] = None,
-                 d_poly_power: float = 0.9):
+    def __init__(
+        self,
+        model: Segmentor,
+        weighting: Optional[WeightingFactory],
+        cfg: AdversarialConfig,
+        num_classes: int,
+        mean=None,
+        std=None,
+        seed: int = 0,
+        max_iters: Optional[int] = None,
+        d_poly_power: float = 0.9,
+    ):
         super().__init__(model, weighting)
         self.cfg = cfg
         self.num_classes = int(num_classes)
@@ -133,8 +144,14 @@ class AdversarialStrategy(Strategy):
     # ------------------------------------------------------------------------ optimiser state
     @classmethod
     def from_config(cls, cfg, model, weighting=None):
-        return cls(model, weighting, cfg.method.adversarial, cfg.model.num_classes, seed=cfg.train.seed,
-                   max_iters=cfg.train.iters)
+        return cls(
+            model,
+            weighting,
+            cfg.method.adversarial,
+            cfg.model.num_classes,
+            seed=cfg.train.seed,
+            max_iters=cfg.train.iters,
+        )
 
     def get_extra_state(self):
         return {"d_optimizer": self.d_optimizer.state_dict()}

@@ -23,6 +23,7 @@ References
 * ClassMix: Olsson et al., WACV 2021.
 * DAFormer: Hoyer, Dai, Van Gool, CVPR 2022 (same augmentations, strength 0.2).
 """
+
 from __future__ import annotations
 
 import math
@@ -34,9 +35,24 @@ import torch.nn.functional as F
 from balda.core import dist
 from balda.data.labels import IGNORE_INDEX
 
-__all__ = ["step_generator", "batch_rand", "classmix_masks", "mix", "color_jitter", "gaussian_blur", "denormalize",
-           "renormalize", "random_affine", "crop_theta", "affine_grid", "warp_images", "warp_labels", "warp_maps",
-           "random_boxes", "box_masks"]
+__all__ = [
+    "step_generator",
+    "batch_rand",
+    "classmix_masks",
+    "mix",
+    "color_jitter",
+    "gaussian_blur",
+    "denormalize",
+    "renormalize",
+    "random_affine",
+    "crop_theta",
+    "affine_grid",
+    "warp_images",
+    "warp_labels",
+    "warp_maps",
+    "random_boxes",
+    "box_masks",
+]
 
 _MASK64 = (1 << 63) - 1
 
@@ -82,8 +98,9 @@ def renormalize(rgb01: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ ClassMix
-def classmix_masks(source_labels: torch.Tensor, generator: torch.Generator | None = None,
-                   ignore: int = IGNORE_INDEX) -> torch.Tensor:
+def classmix_masks(
+    source_labels: torch.Tensor, generator: torch.Generator | None = None, ignore: int = IGNORE_INDEX
+) -> torch.Tensor:
     """ClassMix masks, one per source image (Olsson et al. 2021; cross-domain in DACS).
 
     For image ``b`` let ``C_b`` be the set of classes present in ``source_labels[b]`` (``ignore``
@@ -127,18 +144,17 @@ def mix(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------- photometric
-_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114],
-                         [0.596, -0.274, -0.322],
-                         [0.211, -0.523, 0.312]], dtype=torch.float64)
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
 _YIQ2RGB = torch.linalg.inv(_RGB2YIQ)  # computed once on the host: no per-step inverse / sync
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
-def color_jitter(images: torch.Tensor, strength: float, p: float, generator: torch.Generator | None,
-                 mean, std) -> torch.Tensor:
+def color_jitter(
+    images: torch.Tensor, strength: float, p: float, generator: torch.Generator | None, mean, std
+) -> torch.Tensor:
     """Random colour jitter of each image with probability ``p`` (independently per image).
 
     With ``s = strength``, factors are drawn per image: brightness ``b ~ U[1-s, 1+s]``, contrast
@@ -195,8 +211,13 @@ def _gauss_kernels(sigma: torch.Tensor, k: int) -> torch.Tensor:
     return w / w.sum(dim=1, keepdim=True)
 
 
-def gaussian_blur(images: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5,
-                  sigma_range: tuple[float, float] = (0.15, 1.15), reference: int | None = 512) -> torch.Tensor:
+def gaussian_blur(
+    images: torch.Tensor,
+    generator: torch.Generator | None = None,
+    p: float = 0.5,
+    sigma_range: tuple[float, float] = (0.15, 1.15),
+    reference: int | None = 512,
+) -> torch.Tensor:
     """Gaussian blur of each image with probability ``p`` (DACS: ``p = 0.5``).
 
     Per image ``sigma ~ U[0.15, 1.15] * s``; the separable kernel has ``ceil(0.1 H)`` x ``ceil(0.1 W)``
@@ -229,9 +250,16 @@ def gaussian_blur(images: torch.Tensor, generator: torch.Generator | None = None
 
 
 # ----------------------------------------------------------------------------------- geometry
-def random_affine(batch: int, generator: Optional[torch.Generator], device, aspect: float = 1.0,
-                  scale: tuple[float, float] = (0.75, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                  max_rotate: float = 10.0, flip_p: float = 0.5) -> torch.Tensor:
+def random_affine(
+    batch: int,
+    generator: Optional[torch.Generator],
+    device,
+    aspect: float = 1.0,
+    scale: tuple[float, float] = (0.75, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    max_rotate: float = 10.0,
+    flip_p: float = 0.5,
+) -> torch.Tensor:
     """Random affine warps ``theta`` (B, 2, 3) mapping output to input normalised coordinates
     (``F.affine_grid`` convention, align_corners=False).
 
@@ -251,10 +279,13 @@ def random_affine(batch: int, generator: Optional[torch.Generator], device, aspe
     phi = (2 * u[:, 4] - 1) * (max_rotate * math.pi / 180.0)
     f = torch.where(u[:, 5] < flip_p, -torch.ones_like(sx), torch.ones_like(sx))
     c, sn = torch.cos(phi), torch.sin(phi)
-    theta = torch.stack([
-        torch.stack([c * f * sx, -sn / aspect * sy, tx], dim=1),
-        torch.stack([sn * aspect * f * sx, c * sy, ty], dim=1),
-    ], dim=1)
+    theta = torch.stack(
+        [
+            torch.stack([c * f * sx, -sn / aspect * sy, tx], dim=1),
+            torch.stack([sn * aspect * f * sx, c * sy, ty], dim=1),
+        ],
+        dim=1,
+    )
     return theta
 
 
@@ -267,10 +298,13 @@ def crop_theta(boxes: Optional[torch.Tensor], flip: Optional[torch.Tensor], batc
     y0, x0, y1, x1 = b.unbind(1)
     fx = torch.ones_like(x0) if flip is None else 1.0 - 2.0 * flip.to(device=device, dtype=torch.float32)
     zero = torch.zeros_like(x0)
-    return torch.stack([
-        torch.stack([(x1 - x0) * fx, zero, x0 + x1 - 1], dim=1),
-        torch.stack([zero, y1 - y0, y0 + y1 - 1], dim=1),
-    ], dim=1)
+    return torch.stack(
+        [
+            torch.stack([(x1 - x0) * fx, zero, x0 + x1 - 1], dim=1),
+            torch.stack([zero, y1 - y0, y0 + y1 - 1], dim=1),
+        ],
+        dim=1,
+    )
 
 
 def affine_grid(theta: torch.Tensor, size, dtype) -> torch.Tensor:
@@ -286,8 +320,9 @@ def warp_images(images: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear
     return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
-def warp_labels(labels: torch.Tensor, theta: torch.Tensor, ignore: int = IGNORE_INDEX,
-                size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+def warp_labels(
+    labels: torch.Tensor, theta: torch.Tensor, ignore: int = IGNORE_INDEX, size: Optional[tuple[int, int]] = None
+) -> torch.Tensor:
     """Warp (B,H,W) integer labels with the same geometry as :func:`warp_images` (nearest sampling;
     positions sampled outside the input get ``ignore``). ``size`` = output (h, w), default (H, W)."""
     size = tuple(labels.shape[-2:]) if size is None else size
@@ -298,8 +333,9 @@ def warp_labels(labels: torch.Tensor, theta: torch.Tensor, ignore: int = IGNORE_
     return torch.where(out[:, 1] > 0.5, lab, torch.full_like(lab, ignore))
 
 
-def warp_maps(maps: torch.Tensor, theta: torch.Tensor, size: Optional[tuple[int, int]] = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def warp_maps(
+    maps: torch.Tensor, theta: torch.Tensor, size: Optional[tuple[int, int]] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Warp (B,C,h,w) continuous maps (bilinear, border padding) with the geometry of
     :func:`warp_images`; returns the warped maps and a (B, h', w') bool mask of the positions whose
     sampling point lies inside the input."""
@@ -319,8 +355,9 @@ def random_boxes(batch: int, generator: Optional[torch.Generator], device, p: fl
     cy, cx = u[:, 1], u[:, 2]
     use = (u[:, 3] < p).float()
     half = side / 2 * use
-    return torch.stack([(cy - half).clamp(0, 1), (cx - half).clamp(0, 1), (cy + half).clamp(0, 1),
-                        (cx + half).clamp(0, 1)], dim=1)
+    return torch.stack(
+        [(cy - half).clamp(0, 1), (cx - half).clamp(0, 1), (cy + half).clamp(0, 1), (cx + half).clamp(0, 1)], dim=1
+    )
 
 
 def box_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -11,6 +11,7 @@ normalised float), ``label`` (B,H,W long, 255 = ignore; absent or all-255 for un
 ``index`` (B,) dataset indices. Strategies keep their own state (teacher, discriminator, its
 optimiser via ``get_extra_state``) as submodules, so ``state_dict`` checkpoints them.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
@@ -59,10 +60,21 @@ class Strategy(nn.Module):
         self.num_classes = model.num_classes
 
     @classmethod
-    def from_config(cls, cfg: "Config", model: Segmentor, weighting: WeightingFactory | None = None) -> "Strategy":
+    def from_config(cls, cfg: Config, model: Segmentor, weighting: WeightingFactory | None = None) -> Strategy:
         """Build the strategy for ``cfg`` (default: ``cls(model, weighting)``); strategies with options
         read them from ``cfg.method.<name>``."""
         return cls(model, weighting)
+
+    def register_normalization(self, mean, std) -> None:
+        """Keep the input normalisation (``x = (rgb - mean) / std``, 0..255 units) as (1, 3, 1, 1)
+        buffers ``mean`` / ``std`` on the strategy's device, for the photometric augmentations that
+        work on RGB (not checkpointed: they come from the config)."""
+        self.register_buffer(
+            "mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1).clone(), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1).clone(), persistent=False
+        )
 
     def make_weighting(self, term: str) -> Optional[nn.Module]:
         """Class weighting for loss term ``term`` (or None); register the result as a submodule."""

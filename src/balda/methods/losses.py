@@ -1,4 +1,5 @@
 """Loss functions shared by the strategies."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -10,13 +11,7 @@ from torch import nn
 from balda.balancing.class_weights import logged_weights
 from balda.core import dist
 from balda.data.labels import IGNORE_INDEX
-
-
-def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of logits to the label size (align_corners=False), a no-op if equal."""
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+from balda.models.inference import resize_logits  # noqa: F401 - re-exported for the strategies
 
 
 def masked_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -89,10 +84,10 @@ class WeightedCE(nn.Module):
         self.term = term
         self.weighting = weighting
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor,
-                pixel_weights: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, logits: torch.Tensor, labels: torch.Tensor, pixel_weights: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         up = resize_logits(logits, labels.shape[-2:])
         w = self.weighting(up.detach(), labels) if self.weighting is not None else None
         loss = weighted_cross_entropy(up, labels, class_weights=w, pixel_weights=pixel_weights)
         return loss, ({f"weights/{self.term}": logged_weights(w, labels)} if w is not None else {})
-

@@ -9,11 +9,11 @@ Losses per step:
   ``P = softmax(f(x_t))`` upsampled (bilinear, as AdvEnt) to the target label/image resolution.
   ``E`` lies in [0, 1]: 1 for a uniform prediction, 0 for a one-hot one.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
-
 
 from balda.methods.base import StepOutput, Strategy, WeightingFactory, register_strategy
 from balda.methods.losses import entropy_map, resize_logits
@@ -24,6 +24,7 @@ from balda.models.base import Segmentor
 class MinEntConfig:
     lambda_ent: float = 0.001
 
+
 __all__ = ["MinEntStrategy"]
 
 
@@ -31,8 +32,16 @@ __all__ = ["MinEntStrategy"]
 class MinEntStrategy(Strategy):
     """``MinEntStrategy(model, weighting, cfg, num_classes, mean, std, seed=0)`` (see module docstring)."""
 
-    def __init__(self, model: Segmentor, weighting: Optional[WeightingFactory], cfg: MinEntConfig,
-                 num_classes: int, mean=None, std=None, seed: int = 0):
+    def __init__(
+        self,
+        model: Segmentor,
+        weighting: Optional[WeightingFactory],
+        cfg: MinEntConfig,
+        num_classes: int,
+        mean=None,
+        std=None,
+        seed: int = 0,
+    ):
         super().__init__(model, weighting)
         self.cfg = cfg
         self.num_classes = int(num_classes)

@@ -40,6 +40,7 @@ it is reproduced here (per image).
 References: Tranheden et al., "DACS", WACV 2021; Hoyer et al., "DAFormer", CVPR 2022; Tarvainen &
 Valpola, "Mean teachers", NeurIPS 2017.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,8 +53,8 @@ from torch import nn
 from balda.data.labels import IGNORE_INDEX
 from balda.methods.augment import classmix_masks, color_jitter, gaussian_blur, mix, step_generator
 from balda.methods.base import StepOutput, Strategy, WeightingFactory, register_strategy, unwrap
-from balda.methods.teachers import TeacherMixin, ema_alpha, ema_update, frozen_copy
 from balda.methods.losses import masked_mean, resize_logits
+from balda.methods.teachers import TeacherMixin, ema_alpha, ema_update, frozen_copy
 from balda.models.base import Segmentor
 
 
@@ -82,12 +83,26 @@ class SelfTrainingConfig:
     fdist_scale_min_ratio: float = 0.75
     imnet_model: Optional[str] = None
 
-__all__ = ["SelfTrainingStrategy", "ema_alpha", "ema_update", "pseudo_label", "mixed_targets",
-           "downscale_label_ratio", "feature_distance"]
+
+__all__ = [
+    "SelfTrainingStrategy",
+    "ema_alpha",
+    "ema_update",
+    "pseudo_label",
+    "mixed_targets",
+    "downscale_label_ratio",
+    "feature_distance",
+]
 
 
-def pseudo_label(logits: torch.Tensor, size: tuple[int, int], threshold: float, ignore_top: int = 0,
-                 ignore_bottom: int = 0, weight: str = "image") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pseudo_label(
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    threshold: float,
+    ignore_top: int = 0,
+    ignore_bottom: int = 0,
+    weight: str = "image",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hard pseudo-labels and their pixel weights from teacher logits.
 
     ``logits`` (B,K,h,w) are upsampled to ``size`` = (H, W). Returns ``labels`` (B,H,W) =
@@ -110,16 +125,18 @@ def pseudo_label(logits: torch.Tensor, size: tuple[int, int], threshold: float, 
     return labels, pixel_weight.expand(B, H, W), q
 
 
-def mixed_targets(mask: torch.Tensor, source_labels: torch.Tensor, pseudo_labels: torch.Tensor,
-                  pseudo_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mixed_targets(
+    mask: torch.Tensor, source_labels: torch.Tensor, pseudo_labels: torch.Tensor, pseudo_weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """ClassMix targets: ``y_m = M y_s + (1-M) yhat`` and ``m = M * 1 + (1-M) * q`` (DACS)."""
     labels = mix(mask, source_labels.long(), pseudo_labels.long())
     weight = torch.where(mask, torch.ones_like(pseudo_weight), pseudo_weight)
     return labels, weight
 
 
-def downscale_label_ratio(labels: torch.Tensor, size: tuple[int, int], min_ratio: float, num_classes: int,
-                          ignore: int = IGNORE_INDEX) -> torch.Tensor:
+def downscale_label_ratio(
+    labels: torch.Tensor, size: tuple[int, int], min_ratio: float, num_classes: int, ignore: int = IGNORE_INDEX
+) -> torch.Tensor:
     """Downscale (B,H,W) labels to ``size`` = (h, w) by majority vote (DAFormer's FD labels).
 
     Pixel ``(y, x)`` belongs to cell ``(floor(y h / H), floor(x w / W))`` (exact blocks when the
@@ -135,7 +152,7 @@ def downscale_label_ratio(labels: torch.Tensor, size: tuple[int, int], min_ratio
     lab = torch.where((lab >= 0) & (lab < K), lab, torch.full_like(lab, K))
     ry = torch.arange(H, device=dev) * h // H
     rx = torch.arange(W, device=dev) * w // W
-    cell = (ry[:, None] * w + rx[None, :])
+    cell = ry[:, None] * w + rx[None, :]
     idx = (lab * (h * w) + cell).reshape(B, -1)
     counts = torch.zeros(B, (K + 1) * h * w, device=dev)
     counts.scatter_add_(1, idx, torch.ones_like(idx, dtype=counts.dtype))
@@ -166,8 +183,9 @@ def _last_feature(out) -> torch.Tensor:
     return out[-1]
 
 
-@register_strategy("self_training", config=SelfTrainingConfig,
-                   description="mean-teacher self-training with ClassMix (DACS / DAFormer)")
+@register_strategy(
+    "self_training", config=SelfTrainingConfig, description="mean-teacher self-training with ClassMix (DACS / DAFormer)"
+)
 class SelfTrainingStrategy(TeacherMixin, Strategy):
     """DACS/DAFormer self-training (see module docstring).
 
@@ -183,16 +201,22 @@ class SelfTrainingStrategy(TeacherMixin, Strategy):
       the EMA model instead.
     """
 
-    def __init__(self, model: Segmentor, weighting: Optional[WeightingFactory], cfg: SelfTrainingConfig,
-                 num_classes: int, mean, std, seed: int = 0, imnet_model: Optional[nn.Module] = None):
+    def __init__(
+        self,
+        model: Segmentor,
+        weighting: Optional[WeightingFactory],
+        cfg: SelfTrainingConfig,
+        num_classes: int,
+        mean,
+        std,
+        seed: int = 0,
+        imnet_model: Optional[nn.Module] = None,
+    ):
         super().__init__(model, weighting)
         self.cfg = cfg
         self.num_classes = int(num_classes)
         self.seed = int(seed)
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1).clone(),
-                             persistent=False)
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1).clone(),
-                             persistent=False)
+        self.register_normalization(mean, std)
         self.teacher = frozen_copy(model)
         self.source_ce = self.make_ce("source")
         self.target_ce = self.make_ce("target")
@@ -219,8 +243,16 @@ class SelfTrainingStrategy(TeacherMixin, Strategy):
 
             imnet = build_model(dataclasses.replace(cfg.model, pretrained=None, init=None))
             load_pretrained(imnet, st.imnet_model)
-        return cls(model, weighting, st, cfg.model.num_classes, cfg.data.mean, cfg.data.std, seed=cfg.train.seed,
-                   imnet_model=imnet)
+        return cls(
+            model,
+            weighting,
+            st,
+            cfg.model.num_classes,
+            cfg.data.mean,
+            cfg.data.std,
+            seed=cfg.train.seed,
+            imnet_model=imnet,
+        )
 
     @property
     def imnet_model(self) -> Optional[nn.Module]:
@@ -252,9 +284,11 @@ class SelfTrainingStrategy(TeacherMixin, Strategy):
         src, tgt = batch["source"], batch["target"]
         xs, ys, xt = src["image"], src["label"], tgt["image"]
         if xs.shape[-2:] != xt.shape[-2:] or ys.shape[-2:] != xs.shape[-2:]:
-            raise ValueError("self-training mixes source and target pixels: source image "
-                             f"{tuple(xs.shape[-2:])}, source label {tuple(ys.shape[-2:])} and target image "
-                             f"{tuple(xt.shape[-2:])} must have the same size (use the same crop)")
+            raise ValueError(
+                "self-training mixes source and target pixels: source image "
+                f"{tuple(xs.shape[-2:])}, source label {tuple(ys.shape[-2:])} and target image "
+                f"{tuple(xt.shape[-2:])} must have the same size (use the same crop)"
+            )
         losses: dict[str, torch.Tensor] = {}
         weights: dict[str, float] = {}
         logs: dict[str, torch.Tensor] = {}
@@ -291,8 +325,14 @@ class SelfTrainingStrategy(TeacherMixin, Strategy):
             t_logits = self.teacher(xt).logits
         # label construction and photometric augmentation in float32 (outside any autocast region)
         with torch.no_grad(), torch.autocast(xt.device.type, enabled=False):
-            pseudo, pix_w, q = pseudo_label(t_logits, tuple(xt.shape[-2:]), cfg.pseudo_threshold,
-                                            cfg.ignore_top, cfg.ignore_bottom, cfg.pseudo_weight)
+            pseudo, pix_w, q = pseudo_label(
+                t_logits,
+                tuple(xt.shape[-2:]),
+                cfg.pseudo_threshold,
+                cfg.ignore_top,
+                cfg.ignore_bottom,
+                cfg.pseudo_weight,
+            )
             # 3. ClassMix (source b mod B_s pasted on target b) + strong augmentation
             Bs, Bt = xs.shape[0], xt.shape[0]
             if Bs != Bt:
@@ -306,8 +346,7 @@ class SelfTrainingStrategy(TeacherMixin, Strategy):
                 mask = torch.zeros_like(pseudo, dtype=torch.bool)
             x_mix = mix(mask, xs_p, xt)
             y_mix, w_mix = mixed_targets(mask, ys_p, pseudo, pix_w)
-            x_mix = color_jitter(x_mix, cfg.color_jitter_strength, 1.0 - cfg.color_jitter_p, g, self.mean,
-                                 self.std)
+            x_mix = color_jitter(x_mix, cfg.color_jitter_strength, 1.0 - cfg.color_jitter_p, g, self.mean, self.std)
             if cfg.blur:
                 x_mix = gaussian_blur(x_mix, g)
 

@@ -4,6 +4,7 @@
 * Target oracle: ``L = CE(f(x_t), y_t)`` with target ground truth - the upper bound ("fully
   supervised"), trained with the same model, recipe and iterations.
 """
+
 from __future__ import annotations
 
 from balda.methods.base import StepOutput, Strategy, register_strategy

@@ -6,6 +6,7 @@
 * :class:`TeacherMixin` - a strategy holding ``self.teacher`` keeps it in eval mode whatever
   ``.train()`` is called with (BatchNorm statistics and dropout stay in inference mode).
 """
+
 from __future__ import annotations
 
 import copy

@@ -6,13 +6,14 @@ Each model is a :class:`~balda.models.base.Segmentor` whose ``forward(images)`` 
 ``backbone``/``decode_head`` children, ``num_classes``, ``feature_channels`` and
 ``no_decay_parameter_names()``. :func:`build_model` builds one from a :class:`ModelConfig`.
 """
+
 from __future__ import annotations
 
 from torch import nn
 
 from balda.config import ConfigError, ModelConfig
 from balda.models._common import BaldaSegmentor
-from balda.models.base import SegOutput, Segmentor
+from balda.models.base import Segmentor, SegOutput
 from balda.models.daformer import DAFormer, DAFormerHead
 from balda.models.deeplabv2 import RESNETS, ASPPClassifier, DeepLabV2, ResNetBackbone
 from balda.models.efficientnet_lite import LITE_SETTINGS, EfficientNetLite, EfficientNetLiteSeg
@@ -21,10 +22,23 @@ from balda.models.small import SmallSegNet
 from balda.models.weights import LoadResult, WeightsError, load_pretrained
 
 __all__ = [
-    "ASPPClassifier", "BaldaSegmentor", "DAFormer", "DAFormerHead", "DeepLabV2", "EfficientNetLite",
-    "EfficientNetLiteSeg", "LoadResult",
-    "MixVisionTransformer", "ResNetBackbone", "SegOutput", "Segmentor", "SmallSegNet", "WeightsError",
-    "build_model", "load_pretrained", "mit",
+    "ASPPClassifier",
+    "BaldaSegmentor",
+    "DAFormer",
+    "DAFormerHead",
+    "DeepLabV2",
+    "EfficientNetLite",
+    "EfficientNetLiteSeg",
+    "LoadResult",
+    "MixVisionTransformer",
+    "ResNetBackbone",
+    "SegOutput",
+    "Segmentor",
+    "SmallSegNet",
+    "WeightsError",
+    "build_model",
+    "load_pretrained",
+    "mit",
 ]
 
 
@@ -42,29 +56,40 @@ def build_model(cfg: ModelConfig) -> Segmentor:
     """
     if cfg.name == "deeplabv2":
         if cfg.backbone not in RESNETS:
-            raise ConfigError(f"model.backbone: {cfg.backbone!r} is not a DeepLabV2 backbone; "
-                              f"expected one of {sorted(RESNETS)}")
+            raise ConfigError(
+                f"model.backbone: {cfg.backbone!r} is not a DeepLabV2 backbone; expected one of {sorted(RESNETS)}"
+            )
         model: BaldaSegmentor = DeepLabV2(cfg.backbone, cfg.num_classes, freeze_bn=cfg.freeze_bn)
     elif cfg.name == "daformer":
         if cfg.backbone not in MIT_SETTINGS:
-            raise ConfigError(f"model.backbone: {cfg.backbone!r} is not a DAFormer backbone; "
-                              f"expected one of {sorted(MIT_SETTINGS)}")
+            raise ConfigError(
+                f"model.backbone: {cfg.backbone!r} is not a DAFormer backbone; expected one of {sorted(MIT_SETTINGS)}"
+            )
         model = DAFormer(cfg.backbone, cfg.num_classes, freeze_bn=cfg.freeze_bn)
     elif cfg.name == "efficientnet_lite":
         if cfg.backbone not in LITE_SETTINGS:
-            raise ConfigError(f"model.backbone: {cfg.backbone!r} is not an EfficientNet-Lite backbone; "
-                              f"expected one of {sorted(LITE_SETTINGS)}")
+            raise ConfigError(
+                f"model.backbone: {cfg.backbone!r} is not an EfficientNet-Lite backbone; "
+                f"expected one of {sorted(LITE_SETTINGS)}"
+            )
         try:
-            model = EfficientNetLiteSeg(cfg.backbone, cfg.num_classes, head=cfg.head, width=cfg.width,
-                                        freeze_bn=cfg.freeze_bn, output_stride=cfg.output_stride,
-                                        drop_path_rate=cfg.drop_path_rate)
+            model = EfficientNetLiteSeg(
+                cfg.backbone,
+                cfg.num_classes,
+                head=cfg.head,
+                width=cfg.width,
+                freeze_bn=cfg.freeze_bn,
+                output_stride=cfg.output_stride,
+                drop_path_rate=cfg.drop_path_rate,
+            )
         except ValueError as e:
             raise ConfigError(str(e)) from None
     elif cfg.name == "small":
         model = SmallSegNet(cfg.num_classes, cfg.width, freeze_bn=cfg.freeze_bn, output_stride=cfg.output_stride)
     else:
-        raise ConfigError(f"model.name: unknown model {cfg.name!r}; expected deeplabv2, daformer, "
-                          "efficientnet_lite or small")
+        raise ConfigError(
+            f"model.name: unknown model {cfg.name!r}; expected deeplabv2, daformer, efficientnet_lite or small"
+        )
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)
     if cfg.sync_bn:

@@ -5,13 +5,14 @@ Every concrete model (:class:`~balda.models.deeplabv2.DeepLabV2`,
 :class:`BaldaSegmentor`: its ``backbone`` maps images to a list of feature maps (finest first) and its
 ``decode_head`` maps that list to a :class:`~balda.models.base.SegOutput`.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from balda.models.base import SegOutput, Segmentor
+from balda.models.base import Segmentor, SegOutput
 
 #: Normalisation layers whose affine parameters are excluded from weight decay.
 NORM_TYPES: tuple[type[nn.Module], ...] = (

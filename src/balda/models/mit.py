@@ -20,12 +20,13 @@ Parameter names follow the official SegFormer release (``patch_embed1..4``, ``bl
 the ImageNet checkpoints ``mit_bX.pth`` load unchanged; mmsegmentation's converted naming
 (``layers.i.0/1/2``) is mapped by :func:`convert_mmseg_mit_state_dict`.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -88,8 +89,15 @@ class EfficientSelfAttention(nn.Module):
     ``out = softmax(q k^T / sqrt(d_head)) v`` per head, then a linear projection.
     """
 
-    def __init__(self, dim: int, num_heads: int, sr_ratio: int, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        sr_ratio: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -151,8 +159,15 @@ class MixFFN(nn.Module):
 class MiTBlock(nn.Module):
     """Pre-norm transformer block: ``x + DP(Attn(LN(x)))`` then ``x + DP(MixFFN(LN(x)))``."""
 
-    def __init__(self, dim: int, num_heads: int, sr_ratio: int, mlp_ratio: float = 4.0,
-                 drop_path: float = 0.0, qkv_bias: bool = True):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        sr_ratio: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        qkv_bias: bool = True,
+    ):
         super().__init__()
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.norm1 = norm(dim)
@@ -182,10 +197,17 @@ class MixVisionTransformer(nn.Module):
     #: Checkpoint keys of the ImageNet classifier, ignored on loading.
     ignored_pretrained_prefixes = ("head.",)
 
-    def __init__(self, embed_dims: Sequence[int] = (64, 128, 320, 512), depths: Sequence[int] = (3, 6, 40, 3),
-                 num_heads: Sequence[int] = (1, 2, 5, 8), sr_ratios: Sequence[int] = (8, 4, 2, 1),
-                 mlp_ratio: float = 4.0, drop_path_rate: float = 0.1, in_channels: int = 3,
-                 qkv_bias: bool = True):
+    def __init__(
+        self,
+        embed_dims: Sequence[int] = (64, 128, 320, 512),
+        depths: Sequence[int] = (3, 6, 40, 3),
+        num_heads: Sequence[int] = (1, 2, 5, 8),
+        sr_ratios: Sequence[int] = (8, 4, 2, 1),
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.1,
+        in_channels: int = 3,
+        qkv_bias: bool = True,
+    ):
         super().__init__()
         self.name = "mit"
         self.out_channels = list(embed_dims)
@@ -197,10 +219,13 @@ class MixVisionTransformer(nn.Module):
         for i in range(4):
             patch, stride = (7, 4) if i == 0 else (3, 2)
             self.add_module(f"patch_embed{i + 1}", OverlapPatchEmbed(prev, embed_dims[i], patch, stride))
-            self.add_module(f"block{i + 1}", nn.ModuleList(
-                MiTBlock(embed_dims[i], num_heads[i], sr_ratios[i], mlp_ratio, rates[cur + j], qkv_bias)
-                for j in range(depths[i])
-            ))
+            self.add_module(
+                f"block{i + 1}",
+                nn.ModuleList(
+                    MiTBlock(embed_dims[i], num_heads[i], sr_ratios[i], mlp_ratio, rates[cur + j], qkv_bias)
+                    for j in range(depths[i])
+                ),
+            )
             self.add_module(f"norm{i + 1}", nn.LayerNorm(embed_dims[i], eps=1e-6))
             cur += depths[i]
             prev = embed_dims[i]
@@ -278,14 +303,14 @@ def convert_mmseg_mit_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict
             block, _, sub = rest.partition(".")
             prefix = f"block{stage}.{block}."
             if sub.startswith("attn.attn.in_proj_"):
-                kind = sub[len("attn.attn.in_proj_"):]  # weight | bias
+                kind = sub[len("attn.attn.in_proj_") :]  # weight | bias
                 dim = value.shape[0] // 3
                 out[prefix + f"attn.q.{kind}"] = value[:dim]
                 out[prefix + f"attn.kv.{kind}"] = value[dim:]
             elif sub.startswith("attn.attn.out_proj."):
-                out[prefix + "attn.proj." + sub[len("attn.attn.out_proj."):]] = value
+                out[prefix + "attn.proj." + sub[len("attn.attn.out_proj.") :]] = value
             elif sub.startswith("ffn.layers."):
-                idx, _, kind = sub[len("ffn.layers."):].partition(".")
+                idx, _, kind = sub[len("ffn.layers.") :].partition(".")
                 if idx in ("0", "4"):
                     name = "fc1" if idx == "0" else "fc2"
                     if kind == "weight" and value.dim() == 4:

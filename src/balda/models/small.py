@@ -16,6 +16,7 @@ in a few tens of milliseconds on two CPU cores while keeping the structure of th
 
 Every convolution is followed by BatchNorm (+ ReLU).
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,12 +27,14 @@ from balda.models._common import BaldaSegmentor, init_conv_kaiming
 from balda.models.base import SegOutput
 
 
-def conv_bn(in_ch: int, out_ch: int, k: int = 3, stride: int = 1, dilation: int = 1, groups: int = 1,
-            relu: bool = True) -> nn.Sequential:
+def conv_bn(
+    in_ch: int, out_ch: int, k: int = 3, stride: int = 1, dilation: int = 1, groups: int = 1, relu: bool = True
+) -> nn.Sequential:
     """``Conv(k, bias=False) -> BN [-> ReLU]`` with "same" padding."""
     layers: list[nn.Module] = [
-        nn.Conv2d(in_ch, out_ch, k, stride=stride, padding=dilation * (k // 2), dilation=dilation,
-                  groups=groups, bias=False),
+        nn.Conv2d(
+            in_ch, out_ch, k, stride=stride, padding=dilation * (k // 2), dilation=dilation, groups=groups, bias=False
+        ),
         nn.BatchNorm2d(out_ch),
     ]
     if relu:
@@ -51,8 +54,9 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = conv_bn(in_ch, out_ch, 3, stride=stride)
         self.conv2 = conv_bn(out_ch, out_ch, 3, relu=False)
-        self.downsample = (conv_bn(in_ch, out_ch, 1, stride=stride, relu=False)
-                           if stride != 1 or in_ch != out_ch else nn.Identity())
+        self.downsample = (
+            conv_bn(in_ch, out_ch, 1, stride=stride, relu=False) if stride != 1 or in_ch != out_ch else nn.Identity()
+        )
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,9 +110,7 @@ class PyramidPooling(nn.Module):
         super().__init__()
         self.bins = bins
         # No BN on the pooled branches: a 1x1 global-pool map would make BN degenerate at batch 1.
-        self.convs = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(in_ch, branch_ch, 1), nn.ReLU(inplace=True)) for _ in bins
-        )
+        self.convs = nn.ModuleList(nn.Sequential(nn.Conv2d(in_ch, branch_ch, 1), nn.ReLU(inplace=True)) for _ in bins)
         self.out_channels = in_ch + len(bins) * branch_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,8 +125,14 @@ class PyramidPooling(nn.Module):
 class SmallHead(nn.Module):
     """Context (pyramid pooling) + stride-4 skip decoder + 1x1 classifier (see module docstring)."""
 
-    def __init__(self, in_channels: list[int], num_classes: int, channels: int, skip_channels: int,
-                 stem_channels: int | None = None):
+    def __init__(
+        self,
+        in_channels: list[int],
+        num_classes: int,
+        channels: int,
+        skip_channels: int,
+        stem_channels: int | None = None,
+    ):
         super().__init__()
         # Optional stride-2 refinement: upsample the stride-4 features and fuse a projection of the
         # stem output, so thin classes (poles, signs) survive at the embedded benchmark's 128x256.
@@ -176,9 +184,13 @@ class SmallSegNet(BaldaSegmentor):
         self.backbone = SmallEncoder(width, return_stem=output_stride == 2)
         init_conv_kaiming(self.backbone)
         self.feature_channels = 2 * width
-        self.decode_head = SmallHead(self.backbone.out_channels, num_classes, self.feature_channels,
-                                     skip_channels=max(width // 2, 8),
-                                     stem_channels=width if output_stride == 2 else None)
+        self.decode_head = SmallHead(
+            self.backbone.out_channels,
+            num_classes,
+            self.feature_channels,
+            skip_channels=max(width // 2, 8),
+            stem_channels=width if output_stride == 2 else None,
+        )
         self.num_classes = num_classes
         self.output_stride = output_stride
         self._finish_init(freeze_bn)

@@ -13,19 +13,19 @@ Loading is strict: any backbone key missing from the file (other than BatchNorm
 ``num_batches_tracked`` counters), any extra key (other than the ImageNet classifier) or any shape
 mismatch raises :class:`WeightsError` naming the file and a few offending keys.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from balda.core.checkpoint import StateDiff, diff_state_dict  # noqa: F401 - re-exported
 from balda.core.errors import WeightsError
-
-
 
 
 class LoadResult(NamedTuple):
@@ -47,8 +47,7 @@ def _read_state_dict(path: Path, full_checkpoint: bool = False) -> Mapping[str, 
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle means an unusable file
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(
-            f"cannot read {what} {path}: {type(exc).__name__}: {msg} "
-            "(expected a torch.save'd state dict of tensors)"
+            f"cannot read {what} {path}: {type(exc).__name__}: {msg} (expected a torch.save'd state dict of tensors)"
         ) from exc
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
@@ -67,14 +66,14 @@ def _strip_module(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     """Drop the ``module.`` prefix that DataParallel / DDP put on every key."""
     sd = dict(state_dict)
     if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
 def _strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     sd = _strip_module(state_dict)
     if any(k.startswith("backbone.") for k in sd):
-        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+        sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
     return sd
 
 
@@ -93,8 +92,10 @@ def load_segmentor(model: nn.Module, path: str | os.PathLike) -> int:
     own = model.state_dict()
     diff = diff_state_dict(own, sd)
     if diff:
-        raise WeightsError(f"model.init: weights {path} do not match the {type(model).__name__} model: {diff}; "
-                           "was it trained with another model config?")
+        raise WeightsError(
+            f"model.init: weights {path} do not match the {type(model).__name__} model: {diff}; "
+            "was it trained with another model config?"
+        )
     model.load_state_dict({k: v.to(dtype=own[k].dtype) for k, v in sd.items()})
     return len(sd)
 
@@ -113,8 +114,10 @@ def resolve_pretrained(backbone: nn.Module, path: str | os.PathLike) -> Path:
     find = getattr(backbone, "packaged_weights", None)
     kind = getattr(backbone, "name", type(backbone).__name__)
     if find is None:
-        raise WeightsError(f"model.pretrained=imagenet: no installable package ships ImageNet weights for the "
-                           f"{kind} backbone; give the local path of a weights file instead")
+        raise WeightsError(
+            f"model.pretrained=imagenet: no installable package ships ImageNet weights for the "
+            f"{kind} backbone; give the local path of a weights file instead"
+        )
     try:
         return Path(find())
     except FileNotFoundError as exc:

@@ -5,6 +5,7 @@ Li et al., "Class-Balanced Pixel-Level Self-Labeling for Domain Adaptive Semanti
 CVPR 2022; Sinkhorn-Knopp as in SwAV (Caron et al., NeurIPS 2020) with the row marginal ``r``
 instead of the uniform ``1/K``; prototype consistency from ProDA (Zhang et al., CVPR 2021).
 """
+
 from __future__ import annotations
 
 import math
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from balda.methods.losses import masked_mean
+
 
 # -------------------------------------------------------------------------------------- Sinkhorn
 @torch.no_grad()
@@ -75,15 +77,15 @@ class MemoryBank(nn.Module):
         if self.size == 0 or n == 0:
             return
         if n >= self.size:
-            self.data.copy_(x[n - self.size:])
+            self.data.copy_(x[n - self.size :])
             self.ptr, self.count = 0, self.size
             return
         end = self.ptr + n
         if end <= self.size:
-            self.data[self.ptr:end] = x
+            self.data[self.ptr : end] = x
         else:
             first = self.size - self.ptr
-            self.data[self.ptr:] = x[:first]
+            self.data[self.ptr :] = x[:first]
             self.data[: n - first] = x[first:]
         self.ptr = end % self.size
         self.count = min(self.count + n, self.size)
@@ -96,7 +98,7 @@ class MemoryBank(nn.Module):
         """The filled rows, oldest first."""
         if self.count < self.size:
             return self.data[: self.count]
-        return torch.cat([self.data[self.ptr:], self.data[: self.ptr]])
+        return torch.cat([self.data[self.ptr :], self.data[: self.ptr]])
 
     def get_extra_state(self):
         return {"ptr": self.ptr, "count": self.count}
@@ -141,9 +143,17 @@ class SelfLabelingHead(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- SL / consistency
-def self_labeling_loss(u: torch.Tensor, o: torch.Tensor, head: SelfLabelingHead, prior: torch.Tensor, tau: float,
-                       epsilon: float, n_iter: int, bank_u: Optional[MemoryBank] = None,
-                       bank_o: Optional[MemoryBank] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def self_labeling_loss(
+    u: torch.Tensor,
+    o: torch.Tensor,
+    head: SelfLabelingHead,
+    prior: torch.Tensor,
+    tau: float,
+    epsilon: float,
+    n_iter: int,
+    bank_u: Optional[MemoryBank] = None,
+    bank_o: Optional[MemoryBank] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CPSL self-labeling loss of the current samples (module docstring, step 4).
 
     ``u`` (n, D) normalised teacher features, ``o`` (n, K) normalised teacher logits (both treated
@@ -171,8 +181,9 @@ def self_labeling_loss(u: torch.Tensor, o: torch.Tensor, head: SelfLabelingHead,
     return loss, q1.mean(dim=0)
 
 
-def prototype_consistency(teacher_scores: torch.Tensor, student_scores: torch.Tensor,
-                          valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+def prototype_consistency(
+    teacher_scores: torch.Tensor, student_scores: torch.Tensor, valid: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """``(1/K) mean_{j valid} sum_k t_jk (log t_jk - log s_jk)`` with ``t = softmax(teacher_scores)``
     (constant) and ``s = softmax(student_scores)`` over dim 1 (ProDA/CPSL consistency; both inputs
     already divided by the temperature). 0 (with a graph) when no position is valid."""

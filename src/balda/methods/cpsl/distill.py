@@ -15,6 +15,7 @@ The teacher is built from its checkpoint's own saved model config, so it may dif
 architecture from the student; it is stored in the strategy's state so a resumed run needs nothing
 else.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -51,8 +52,12 @@ class DistillLosses(NamedTuple):
         return self.ce + self.kl
 
 
-def distill_losses(student_logits: torch.Tensor, teacher_logits_flip_avg: torch.Tensor, threshold: float = 0.95,
-                   ignore: int = IGNORE_INDEX) -> DistillLosses:
+def distill_losses(
+    student_logits: torch.Tensor,
+    teacher_logits_flip_avg: torch.Tensor,
+    threshold: float = 0.95,
+    ignore: int = IGNORE_INDEX,
+) -> DistillLosses:
     """Self-distillation losses of CPSL stages 2-3.
 
     ``t = softmax(teacher logits)`` (flip-averaged, see :func:`flip_averaged_logits`; constant),
@@ -95,22 +100,25 @@ def load_teacher(path: str | Path) -> torch.nn.Module:
     return teacher.eval().requires_grad_(False)
 
 
-@register_strategy("distill", config=DistillConfig,
-                   description="CPSL stages 2-3: self-distillation of a frozen teacher into a fresh student")
+@register_strategy(
+    "distill",
+    config=DistillConfig,
+    description="CPSL stages 2-3: self-distillation of a frozen teacher into a fresh student",
+)
 class DistillStrategy(TeacherMixin, Strategy):
     """Self-distillation (see module docstring): ``DistillStrategy(model, weighting, cfg, num_classes,
     teacher=None)``; the teacher is loaded from ``cfg.teacher`` unless given."""
 
-    def __init__(self, model, weighting, cfg: DistillConfig, num_classes: int,
-                 teacher: torch.nn.Module | None = None):
+    def __init__(self, model, weighting, cfg: DistillConfig, num_classes: int, teacher: torch.nn.Module | None = None):
         super().__init__(model, weighting)
         if teacher is None:
             if not cfg.teacher:
                 raise ValueError("method.distill.teacher: set it to the previous stage's checkpoint or run folder")
             teacher = load_teacher(cfg.teacher)
         if getattr(teacher, "num_classes", num_classes) != num_classes:
-            raise ValueError(f"method.distill.teacher predicts {teacher.num_classes} classes, the student "
-                             f"{num_classes}")
+            raise ValueError(
+                f"method.distill.teacher predicts {teacher.num_classes} classes, the student {num_classes}"
+            )
         self.cfg = cfg
         self.teacher = teacher.eval().requires_grad_(False)
         self.source_ce = self.make_ce("source")
@@ -125,6 +133,9 @@ class DistillStrategy(TeacherMixin, Strategy):
         t_logits = flip_averaged_logits(self.teacher, tgt["image"])
         d = distill_losses(model(tgt["image"]).logits, t_logits, threshold=self.cfg.threshold)
         logs["distill/confident"] = (t_logits.softmax(1).amax(1) >= self.cfg.threshold).float().mean()
-        return StepOutput(losses={"source.ce": src_ce, "target.ce": d.ce, "target.kl": d.kl},
-                          weights={"target.ce": self.cfg.lambda_ce, "target.kl": self.cfg.lambda_kl},
-                          task=("source.ce",), logs=logs)
+        return StepOutput(
+            losses={"source.ce": src_ce, "target.ce": d.ce, "target.kl": d.kl},
+            weights={"target.ce": self.cfg.lambda_ce, "target.kl": self.cfg.lambda_kl},
+            task=("source.ce",),
+            logs=logs,
+        )

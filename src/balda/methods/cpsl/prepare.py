@@ -29,13 +29,15 @@ set, :func:`prepare_cpsl` writes a folder holding
 Reference: Li et al., "Class-Balanced Pixel-Level Self-Labeling for Domain Adaptive Semantic
 Segmentation", CVPR 2022 (CPSL), Sec. 3 (pseudo-labels and prototypes from the warm-up model).
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -44,9 +46,20 @@ import torch.nn.functional as F
 from balda.core.atomic import atomic_write
 from balda.core.errors import PreparedError
 from balda.core.progress import progress_bar
+from balda.core.registry import BenchEntry, register_bench, register_command
 
-__all__ = ["PreparedError", "prepare_cpsl", "prepare_from_checkpoint", "load_prepared", "p0_path",
-           "check_prepared_dataset", "MANIFEST", "PROTOTYPES", "MODEL_WEIGHTS", "FORMAT"]
+__all__ = [
+    "PreparedError",
+    "prepare_cpsl",
+    "prepare_from_checkpoint",
+    "load_prepared",
+    "p0_path",
+    "check_prepared_dataset",
+    "MANIFEST",
+    "PROTOTYPES",
+    "MODEL_WEIGHTS",
+    "FORMAT",
+]
 
 MANIFEST = "manifest.json"
 PROTOTYPES = "prototypes.npy"
@@ -55,7 +68,6 @@ PARAMS = "prepare_params.json"
 P0_DIR = "p0"
 FORMAT = "balda-cpsl-prepared"
 VERSION = 1
-
 
 
 def p0_path(out_dir: str | Path, i: int) -> Path:
@@ -148,22 +160,34 @@ def _aggregate(out_dir: Path, n: int) -> dict:
         path = p0_path(out_dir, i)
         try:
             with np.load(path) as z:
-                pc, fs, fc = z["pix_count"].astype(np.int64), z["feat_sum"].astype(np.float64), \
-                    z["feat_count"].astype(np.int64)
+                pc, fs, fc = (
+                    z["pix_count"].astype(np.int64),
+                    z["feat_sum"].astype(np.float64),
+                    z["feat_count"].astype(np.int64),
+                )
                 p0_shapes.add(tuple(int(v) for v in z["p0_shape"]))
                 img_sizes.add(tuple(int(v) for v in z["image_size"]))
         except Exception as e:  # noqa: BLE001
-            raise PreparedError(f"CPSL prepared file {path} is unreadable ({type(e).__name__}: {e}); "
-                                "delete it and run the preparation again (it resumes)") from None
+            raise PreparedError(
+                f"CPSL prepared file {path} is unreadable ({type(e).__name__}: {e}); "
+                "delete it and run the preparation again (it resumes)"
+            ) from None
         if pix is None:
             pix, feat_sum, feat_count = pc, fs, fc
         else:
             if fs.shape != feat_sum.shape:
-                raise PreparedError(f"CPSL prepared file {path} has feature statistics of shape {fs.shape}, "
-                                    f"other files {feat_sum.shape}: the folder mixes two models")
+                raise PreparedError(
+                    f"CPSL prepared file {path} has feature statistics of shape {fs.shape}, "
+                    f"other files {feat_sum.shape}: the folder mixes two models"
+                )
             pix, feat_sum, feat_count = pix + pc, feat_sum + fs, feat_count + fc
-    return {"pix": pix, "feat_sum": feat_sum, "feat_count": feat_count, "p0_shapes": p0_shapes,
-            "image_sizes": img_sizes}
+    return {
+        "pix": pix,
+        "feat_sum": feat_sum,
+        "feat_count": feat_count,
+        "p0_shapes": p0_shapes,
+        "image_sizes": img_sizes,
+    }
 
 
 def _check_params(out_dir: Path, params: dict) -> None:
@@ -176,18 +200,30 @@ def _check_params(out_dir: Path, params: dict) -> None:
             raise PreparedError(f"{path} is unreadable ({e}); remove the folder {out_dir} and start again") from None
         diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
         if diff:
-            raise PreparedError(f"CPSL prepared folder {out_dir} was started with other parameters "
-                                f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
-                                "use a fresh output folder or delete it")
+            raise PreparedError(
+                f"CPSL prepared folder {out_dir} was started with other parameters "
+                f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
+                "use a fresh output folder or delete it"
+            )
     else:
         _atomic_json(path, params)
 
 
 # ---------------------------------------------------------------------------------------- prepare
-def prepare_cpsl(model: torch.nn.Module, dataset, out_dir: str | Path, mean: Sequence[float],
-                 std: Sequence[float], device: str | torch.device = "cpu", pseudo_stride: int = 4,
-                 progress: bool = True, batch_size: int = 1, resize: Optional[Sequence[int]] = None,
-                 checkpoint: Optional[str] = None, model_weights: Optional[str] = None) -> dict:
+def prepare_cpsl(
+    model: torch.nn.Module,
+    dataset,
+    out_dir: str | Path,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: str | torch.device = "cpu",
+    pseudo_stride: int = 4,
+    progress: bool = True,
+    batch_size: int = 1,
+    resize: Optional[Sequence[int]] = None,
+    checkpoint: Optional[str] = None,
+    model_weights: Optional[str] = None,
+) -> dict:
     """Write the CPSL prepared folder (see module docstring) and return its manifest.
 
     ``model``: the warm-up :class:`~balda.models.base.Segmentor`; ``dataset``: the target train
@@ -204,12 +240,23 @@ def prepare_cpsl(model: torch.nn.Module, dataset, out_dir: str | Path, mean: Seq
     n = len(dataset)
     if n == 0:
         raise PreparedError(f"CPSL preparation: the target dataset {dataset!r} is empty")
-    K = int(getattr(model, "num_classes"))
+    K = int(model.num_classes)
     resize_l = None if resize is None else [int(v) for v in resize]
     names = [str(x) for x in getattr(dataset, "names", [str(i) for i in range(n)])]
-    _check_params(out_dir, {"format": FORMAT, "version": VERSION, "num_classes": K, "pseudo_stride": s,
-                            "resize": resize_l, "count": n, "checkpoint": checkpoint,
-                            "mean": [float(v) for v in mean], "std": [float(v) for v in std]})
+    _check_params(
+        out_dir,
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "num_classes": K,
+            "pseudo_stride": s,
+            "resize": resize_l,
+            "count": n,
+            "checkpoint": checkpoint,
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+        },
+    )
     (out_dir / P0_DIR).mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     was_training = model.training
@@ -230,9 +277,14 @@ def prepare_cpsl(model: torch.nn.Module, dataset, out_dir: str | Path, mean: Seq
                 fcnt = st["feat_count"].cpu().numpy()
                 H, W = x.shape[-2:]
                 for b, (i, _) in enumerate(group):
-                    arrays = {"p0": p0[b], "pix_count": pix[b], "feat_sum": fsum[b], "feat_count": fcnt[b],
-                              "p0_shape": np.asarray(p0.shape[-2:], np.int64),
-                              "image_size": np.asarray([H, W], np.int64)}
+                    arrays = {
+                        "p0": p0[b],
+                        "pix_count": pix[b],
+                        "feat_sum": fsum[b],
+                        "feat_count": fcnt[b],
+                        "p0_shape": np.asarray(p0.shape[-2:], np.int64),
+                        "image_size": np.asarray([H, W], np.int64),
+                    }
                     atomic_write(p0_path(out_dir, i), lambda f, a=arrays: np.savez(f, **a))
                 bar.advance(len(group))
     finally:
@@ -242,34 +294,51 @@ def prepare_cpsl(model: torch.nn.Module, dataset, out_dir: str | Path, mean: Seq
     agg = _aggregate(out_dir, n)
     pix, fsum, fcnt = agg["pix"], agg["feat_sum"], agg["feat_count"]
     if pix.shape != (K,):
-        raise PreparedError(f"CPSL prepared folder {out_dir}: per-image files hold {pix.shape[0]} classes, "
-                            f"the model {K}")
+        raise PreparedError(
+            f"CPSL prepared folder {out_dir}: per-image files hold {pix.shape[0]} classes, the model {K}"
+        )
     C = fsum.shape[1]
     means = fsum / np.maximum(fcnt, 1)[:, None]
     norms = np.linalg.norm(means, axis=1, keepdims=True)
-    protos = np.where((fcnt[:, None] > 0) & (norms > 1e-12), means / np.maximum(norms, 1e-12),
-                      _unit_random(K, C)).astype(np.float32)
+    protos = np.where(
+        (fcnt[:, None] > 0) & (norms > 1e-12), means / np.maximum(norms, 1e-12), _unit_random(K, C)
+    ).astype(np.float32)
     atomic_write(out_dir / PROTOTYPES, lambda f: np.save(f, protos))
     prior = pix.astype(np.float64) / max(int(pix.sum()), 1)
     p0_shapes, sizes = agg["p0_shapes"], agg["image_sizes"]
     manifest = {
-        "format": FORMAT, "version": VERSION, "num_classes": K, "pseudo_stride": s, "count": n,
-        "feature_dim": int(C), "prior": prior.tolist(), "pixel_counts": pix.tolist(),
+        "format": FORMAT,
+        "version": VERSION,
+        "num_classes": K,
+        "pseudo_stride": s,
+        "count": n,
+        "feature_dim": int(C),
+        "prior": prior.tolist(),
+        "pixel_counts": pix.tolist(),
         "feature_counts": fcnt.tolist(),
         "p0_shape": list(next(iter(p0_shapes))) if len(p0_shapes) == 1 else None,
         "image_size": list(next(iter(sizes))) if len(sizes) == 1 else None,
-        "resize": resize_l, "names": names,
+        "resize": resize_l,
+        "names": names,
         "fingerprint": dataset.fingerprint() if hasattr(dataset, "fingerprint") else None,
-        "checkpoint": checkpoint, "model_weights": model_weights,
-        "files": f"{P0_DIR}/{{index:06d}}.npz", "prototypes": PROTOTYPES,
+        "checkpoint": checkpoint,
+        "model_weights": model_weights,
+        "files": f"{P0_DIR}/{{index:06d}}.npz",
+        "prototypes": PROTOTYPES,
     }
     _atomic_json(out_dir / MANIFEST, manifest)
     _fsync_dir(out_dir)
     return manifest
 
 
-def prepare_from_checkpoint(ckpt_path: str | Path, out_dir: str | Path, overrides: Sequence[str] = (),
-                            device: str = "auto", progress: bool = True, batch_size: int = 1) -> dict:
+def prepare_from_checkpoint(
+    ckpt_path: str | Path,
+    out_dir: str | Path,
+    overrides: Sequence[str] = (),
+    device: str = "auto",
+    progress: bool = True,
+    batch_size: int = 1,
+) -> dict:
     """``balda cpsl prepare RUN_OR_CKPT``: prepare from a warm-up checkpoint (or run folder).
 
     The model and the target train set are built from the checkpoint's saved config
@@ -292,8 +361,9 @@ def prepare_from_checkpoint(ckpt_path: str | Path, out_dir: str | Path, override
     path = resolve_checkpoint(ckpt_path)
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get("config"), dict):
-        raise CheckpointError(f"checkpoint {path} holds no saved config ('config' entry); it was not written by "
-                              "the balda trainer")
+        raise CheckpointError(
+            f"checkpoint {path} holds no saved config ('config' entry); it was not written by the balda trainer"
+        )
     cfg = config_from_dict(ckpt["config"], f"checkpoint {path}")
     if overrides:
         cfg = config_from_dict(merge_dicts(to_dict(cfg), parse_overrides(list(overrides))), "command-line overrides")
@@ -308,9 +378,20 @@ def prepare_from_checkpoint(ckpt_path: str | Path, out_dir: str | Path, override
     out_dir.mkdir(parents=True, exist_ok=True)
     if not (out_dir / MODEL_WEIGHTS).is_file():
         atomic_save({"model": model.state_dict(), "source": str(path)}, out_dir / MODEL_WEIGHTS)
-    return prepare_cpsl(model, dataset, out_dir, cfg.data.mean, cfg.data.std, dev,
-                        pseudo_stride=cfg.method.cpsl.pseudo_stride, progress=progress, batch_size=batch_size,
-                        resize=cfg.data.target.resize, checkpoint=str(path), model_weights=MODEL_WEIGHTS)
+    return prepare_cpsl(
+        model,
+        dataset,
+        out_dir,
+        cfg.data.mean,
+        cfg.data.std,
+        dev,
+        pseudo_stride=cfg.method.cpsl.pseudo_stride,
+        progress=progress,
+        batch_size=batch_size,
+        resize=cfg.data.target.resize,
+        checkpoint=str(path),
+        model_weights=MODEL_WEIGHTS,
+    )
 
 
 # ------------------------------------------------------------------------------------------- load
@@ -331,8 +412,10 @@ def load_prepared(directory: str | Path, load_p0: bool = True) -> dict:
         raise PreparedError(f"CPSL prepared folder not found: {d} (create it with `balda cpsl prepare`)")
     mpath = d / MANIFEST
     if not mpath.is_file():
-        raise PreparedError(f"{mpath} not found: the CPSL preparation of {d} did not finish; run "
-                            "`balda cpsl prepare` again with the same output folder (it resumes)")
+        raise PreparedError(
+            f"{mpath} not found: the CPSL preparation of {d} did not finish; run "
+            "`balda cpsl prepare` again with the same output folder (it resumes)"
+        )
     try:
         m = json.loads(mpath.read_text())
     except (OSError, ValueError) as e:
@@ -348,8 +431,9 @@ def load_prepared(directory: str | Path, load_p0: bool = True) -> dict:
     K, n, C = int(m["num_classes"]), int(m["count"]), int(m["feature_dim"])
     prior = np.asarray(m["prior"], dtype=np.float64)
     if prior.shape != (K,) or not np.all(np.isfinite(prior)) or np.any(prior < 0) or prior.sum() <= 0:
-        raise PreparedError(f"{mpath}: 'prior' must be {K} finite non-negative numbers with a positive sum, "
-                            f"got {m['prior']!r}")
+        raise PreparedError(
+            f"{mpath}: 'prior' must be {K} finite non-negative numbers with a positive sum, got {m['prior']!r}"
+        )
     prior = prior / prior.sum()
     ppath = d / PROTOTYPES
     if not ppath.is_file():
@@ -367,13 +451,17 @@ def load_prepared(directory: str | Path, load_p0: bool = True) -> dict:
     p0 = None
     absent = [str(p0_path(d, i)) for i in range(n) if not p0_path(d, i).is_file()]
     if absent:
-        raise PreparedError(f"CPSL prepared folder {d}: {len(absent)} of {n} soft pseudo-label files are missing "
-                            f"(first: {absent[0]}); run `balda cpsl prepare` again (it resumes)")
+        raise PreparedError(
+            f"CPSL prepared folder {d}: {len(absent)} of {n} soft pseudo-label files are missing "
+            f"(first: {absent[0]}); run `balda cpsl prepare` again (it resumes)"
+        )
     if load_p0:
         shape = m.get("p0_shape")
         if shape is None:
-            raise PreparedError(f"{mpath}: the target images have different sizes, so their soft pseudo-labels "
-                                "cannot be stacked; prepare with data.target.resize set")
+            raise PreparedError(
+                f"{mpath}: the target images have different sizes, so their soft pseudo-labels "
+                "cannot be stacked; prepare with data.target.resize set"
+            )
         h, w = int(shape[0]), int(shape[1])
         p0 = np.empty((n, K, h, w), dtype=np.float16)
         for i in range(n):
@@ -382,15 +470,26 @@ def load_prepared(directory: str | Path, load_p0: bool = True) -> dict:
                 with np.load(path) as z:
                     arr = z["p0"]
             except Exception as e:  # noqa: BLE001
-                raise PreparedError(f"CPSL prepared file {path} is unreadable ({type(e).__name__}: {e}); delete it "
-                                    "and run `balda cpsl prepare` again") from None
+                raise PreparedError(
+                    f"CPSL prepared file {path} is unreadable ({type(e).__name__}: {e}); delete it "
+                    "and run `balda cpsl prepare` again"
+                ) from None
             if arr.shape != (K, h, w):
                 raise PreparedError(f"CPSL prepared file {path}: p0 has shape {arr.shape}, expected {(K, h, w)}")
             p0[i] = arr
     mw = m.get("model_weights")
-    return {"dir": d, "manifest": m, "num_classes": K, "pseudo_stride": int(m["pseudo_stride"]), "count": n,
-            "prior": prior, "prototypes": protos, "p0": p0, "names": list(m.get("names") or []),
-            "model_weights": (d / mw) if mw else None}
+    return {
+        "dir": d,
+        "manifest": m,
+        "num_classes": K,
+        "pseudo_stride": int(m["pseudo_stride"]),
+        "count": n,
+        "prior": prior,
+        "prototypes": protos,
+        "p0": p0,
+        "names": list(m.get("names") or []),
+        "model_weights": (d / mw) if mw else None,
+    }
 
 
 def check_prepared_dataset(prepared: dict, dataset) -> None:
@@ -399,6 +498,77 @@ def check_prepared_dataset(prepared: dict, dataset) -> None:
     m = prepared["manifest"]
     names = [str(x) for x in getattr(dataset, "names", [])]
     if len(dataset) != int(m["count"]) or (prepared["names"] and names and names != prepared["names"]):
-        raise PreparedError(f"CPSL prepared folder {prepared['dir']} was made for {m['count']} target images "
-                            f"({(prepared['names'] or ['?'])[0]}, ...), the training target set has {len(dataset)} "
-                            f"({(names or ['?'])[0]}, ...); prepare it again for this data.target")
+        raise PreparedError(
+            f"CPSL prepared folder {prepared['dir']} was made for {m['count']} target images "
+            f"({(prepared['names'] or ['?'])[0]}, ...), the training target set has {len(dataset)} "
+            f"({(names or ['?'])[0]}, ...); prepare it again for this data.target"
+        )
+
+
+# ----------------------------------------------------------------------------- CLI and bench entries
+def _cmd_prepare(args) -> int:
+    prepare_from_checkpoint(
+        Path(args.run),
+        Path(args.out),
+        overrides=args.overrides,
+        device=args.device,
+        progress=not args.no_progress,
+        batch_size=args.batch_size,
+    )
+    print(f"CPSL pseudo-labels, class prior and prototypes written to {args.out}")
+    print(f"train stage 1 with: balda train <config> method.name=cpsl method.cpsl.prepared={args.out}")
+    return 0
+
+
+@register_command("cpsl")
+def add_cli(sub) -> None:
+    """``balda cpsl prepare RUN_OR_CKPT --out DIR [key=value ...]``."""
+    import argparse
+
+    cp = sub.add_parser("cpsl", help="CPSL utilities (prepare the warm-up model's pseudo-labels)")
+    cpsub = cp.add_subparsers(dest="what", required=True, metavar="WHAT")
+    pr = cpsub.add_parser(
+        "prepare",
+        help="store the warm-up model's soft pseudo-labels, class prior and prototypes",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="From a warm-up run (source-only or adversarial) compute, over the target "
+        "train set, the fixed soft pseudo-labels (float16, reduced resolution), the "
+        "class prior r and the prototype initialisation that CPSL stage 1 needs. "
+        "Resumable: images already written are skipped.",
+    )
+    pr.add_argument("run", metavar="RUN_OR_CKPT", help="the warm-up run folder (its final.pt) or a checkpoint")
+    pr.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the run's saved config")
+    pr.add_argument("--out", required=True, help="folder to write (use as method.cpsl.prepared)")
+    pr.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    pr.add_argument("--batch-size", type=int, default=1, help="images per inference batch")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pr.set_defaults(func=_cmd_prepare)
+
+
+def prepare_bench_cell(warm_run: Path, out: Path, seed: int, data: Path, progress: bool = False) -> list[str]:
+    """``balda bench``: prepare the CPSL folder of a cell from its warm-up run (once per seed) and
+    return the override that points stage 1 at it."""
+    prepared = Path(out) / f"cpsl_prepared_s{seed}"
+    if not (prepared / MANIFEST).is_file():
+        over = [
+            f"data.target.root={Path(data) / 'target'}",
+            f"data.val.root={Path(data) / 'target'}",
+            "method.cpsl.pseudo_stride=2",
+        ]
+        prepare_from_checkpoint(warm_run, prepared, overrides=over, progress=progress)
+    return [f"method.cpsl.prepared={prepared}"]
+
+
+register_bench(
+    BenchEntry(
+        "cpsl", "streets/cpsl", (), controls=("self_training", "advent"), warmup="advent", prepare=prepare_bench_cell
+    ),
+    BenchEntry(
+        "cpsl+gbw",
+        "streets/cpsl",
+        ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free"),
+        controls=("cpsl",),
+        warmup="advent",
+        prepare=prepare_bench_cell,
+    ),
+)

@@ -57,11 +57,13 @@ must add ``batch['target']['crop_box']`` (B,4) float ``(y0, x0, y1, x1)`` as fra
 the full resized image, and ``batch['target']['flip']`` (B,) bool (flip applied after the crop).
 Without them ``p0`` is taken to cover the whole target image, unflipped.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -69,9 +71,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from balda.core.registry import RUN_PLOTS
 from balda.data.labels import IGNORE_INDEX
-from balda.methods.augment import (affine_grid, batch_rand, box_masks, color_jitter, crop_theta, gaussian_blur, mix,
-                                   random_affine, random_boxes, step_generator, warp_images, warp_labels, warp_maps)
+from balda.methods.augment import (
+    affine_grid,
+    batch_rand,
+    box_masks,
+    color_jitter,
+    crop_theta,
+    gaussian_blur,
+    mix,
+    random_affine,
+    random_boxes,
+    step_generator,
+    warp_images,
+    warp_labels,
+    warp_maps,
+)
 from balda.methods.base import StepOutput, Strategy, WeightingFactory, register_strategy, unwrap
 from balda.methods.cpsl.clustering import MemoryBank, SelfLabelingHead, prototype_consistency, self_labeling_loss
 from balda.methods.losses import masked_mean, resize_logits
@@ -84,6 +100,7 @@ __all__ = ["CPSLConfig", "CPSLStrategy", "SoftLabelStore", "rectify", "rce_loss"
 
 #: -log(1e-4): the RCE constant (log of the clamped zero entries of the one-hot label).
 RCE_A = -math.log(1e-4)
+
 
 @dataclass
 class CPSLConfig:
@@ -109,8 +126,9 @@ class CPSLConfig:
 
 
 # ------------------------------------------------------------------------------ rectification/RCE
-def rectify(proto_probs: torch.Tensor, p0: torch.Tensor, threshold: float = 0.0,
-            ignore: int = IGNORE_INDEX) -> torch.Tensor:
+def rectify(
+    proto_probs: torch.Tensor, p0: torch.Tensor, threshold: float = 0.0, ignore: int = IGNORE_INDEX
+) -> torch.Tensor:
     """Rectified pseudo-label ``y^ = argmax_k proto_probs_k * p0_k`` over dim 1 (CPSL Eq. 4).
 
     With ``threshold > 0`` pixels whose normalised product ``max_k (a_k p0_k) / sum_k a_k p0_k`` is
@@ -173,11 +191,18 @@ class SoftLabelStore(nn.Module):
 
 # ----------------------------------------------------------------------------------- strategy
 def _validate(cfg: CPSLConfig) -> None:
-    checks = [("tau", cfg.tau > 0), ("epsilon", cfg.epsilon > 0), ("sinkhorn_iters", cfg.sinkhorn_iters >= 1),
-              ("bank_size", cfg.bank_size >= 0), ("samples_per_image", cfg.samples_per_image >= 1),
-              ("ema_alpha", 0 <= cfg.ema_alpha < 1), ("proto_ema", 0 <= cfg.proto_ema < 1),
-              ("threshold", 0 <= cfg.threshold <= 1), ("cutmix_p", 0 <= cfg.cutmix_p <= 1),
-              ("pseudo_stride", cfg.pseudo_stride >= 1)]
+    checks = [
+        ("tau", cfg.tau > 0),
+        ("epsilon", cfg.epsilon > 0),
+        ("sinkhorn_iters", cfg.sinkhorn_iters >= 1),
+        ("bank_size", cfg.bank_size >= 0),
+        ("samples_per_image", cfg.samples_per_image >= 1),
+        ("ema_alpha", 0 <= cfg.ema_alpha < 1),
+        ("proto_ema", 0 <= cfg.proto_ema < 1),
+        ("threshold", 0 <= cfg.threshold <= 1),
+        ("cutmix_p", 0 <= cfg.cutmix_p <= 1),
+        ("pseudo_stride", cfg.pseudo_stride >= 1),
+    ]
     bad = [k for k, ok in checks if not ok]
     if bad:
         raise ValueError("method.cpsl: invalid value(s) " + ", ".join(f"{k}={getattr(cfg, k)!r}" for k in bad))
@@ -206,9 +231,19 @@ class CPSLStrategy(TeacherMixin, Strategy):
     jitter_p: float = 0.8
     blur_p: float = 0.5
 
-    def __init__(self, model: Segmentor, weighting: Optional[WeightingFactory], cfg: CPSLConfig, num_classes: int,
-                 mean, std, seed: int = 0, prepared: Optional[dict] = None, init_from_prepared: bool = True,
-                 p0_on_device: Optional[bool] = None):
+    def __init__(
+        self,
+        model: Segmentor,
+        weighting: Optional[WeightingFactory],
+        cfg: CPSLConfig,
+        num_classes: int,
+        mean,
+        std,
+        seed: int = 0,
+        prepared: Optional[dict] = None,
+        init_from_prepared: bool = True,
+        p0_on_device: Optional[bool] = None,
+    ):
         super().__init__(model, weighting)
         _validate(cfg)
         self.cfg = cfg
@@ -217,8 +252,7 @@ class CPSLStrategy(TeacherMixin, Strategy):
         if prepared is None:
             prepared = self._load(cfg)
         net = unwrap(model)
-        self._check_prepared(prepared, K, int(getattr(net, "feature_channels", prepared["prototypes"].shape[1])),
-                             cfg)
+        self._check_prepared(prepared, K, int(getattr(net, "feature_channels", prepared["prototypes"].shape[1])), cfg)
         mw = prepared.get("model_weights")
         if init_from_prepared and mw is not None:
             from balda.core.checkpoint import load_checkpoint, load_model_weights
@@ -229,18 +263,16 @@ class CPSLStrategy(TeacherMixin, Strategy):
             except Exception as e:  # noqa: BLE001
                 raise ValueError(f"method.cpsl.prepared: the warm-up weights {mw} do not fit the model: {e}") from None
             log.info("CPSL: student initialised from the warm-up weights %s", mw)
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1).clone(),
-                             persistent=False)
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1).clone(),
-                             persistent=False)
+        self.register_normalization(mean, std)
         self.teacher = frozen_copy(net)
         protos = torch.as_tensor(np.asarray(prepared["prototypes"], dtype=np.float32))
         D = protos.shape[1]
         self.head = SelfLabelingHead(K, D, init=protos)
         self.bank_feat = MemoryBank(cfg.bank_size, D)
         self.bank_out = MemoryBank(cfg.bank_size, K)
-        self.register_buffer("prior", torch.as_tensor(np.asarray(prepared["prior"], dtype=np.float64)).float(),
-                             persistent=False)
+        self.register_buffer(
+            "prior", torch.as_tensor(np.asarray(prepared["prior"], dtype=np.float64)).float(), persistent=False
+        )
         p0 = prepared["p0"]
         if p0_on_device is None:
             p0_on_device = int(np.prod(p0.shape)) * 2 <= (4 << 30)
@@ -250,8 +282,9 @@ class CPSLStrategy(TeacherMixin, Strategy):
 
     @classmethod
     def from_config(cls, cfg, model, weighting=None):
-        return cls(model, weighting, cfg.method.cpsl, cfg.model.num_classes, cfg.data.mean, cfg.data.std,
-                   seed=cfg.train.seed)
+        return cls(
+            model, weighting, cfg.method.cpsl, cfg.model.num_classes, cfg.data.mean, cfg.data.std, seed=cfg.train.seed
+        )
 
     def optimized_with_model(self) -> list[nn.Parameter]:
         """The class prototypes (the self-labeling head) train with the segmentor's optimiser."""
@@ -263,9 +296,11 @@ class CPSLStrategy(TeacherMixin, Strategy):
         from balda.methods.cpsl.prepare import PreparedError, load_prepared
 
         if not cfg.prepared:
-            raise ValueError("method.cpsl.prepared is not set: CPSL needs the folder of soft pseudo-labels, class "
-                             "prior and prototypes written by `balda cpsl prepare RUN_OR_CKPT` with the warm-up "
-                             "model; set method.cpsl.prepared=<that folder>")
+            raise ValueError(
+                "method.cpsl.prepared is not set: CPSL needs the folder of soft pseudo-labels, class "
+                "prior and prototypes written by `balda cpsl prepare RUN_OR_CKPT` with the warm-up "
+                "model; set method.cpsl.prepared=<that folder>"
+            )
         try:
             return load_prepared(cfg.prepared)
         except PreparedError as e:
@@ -280,11 +315,17 @@ class CPSLStrategy(TeacherMixin, Strategy):
         if int(prepared.get("num_classes", K)) != K or p0.shape[1] != K or np.asarray(prior).shape != (K,):
             raise ValueError(f"{where}: prepared for {p0.shape[1]} classes, the model has {K}")
         if protos.shape != (K, D):
-            raise ValueError(f"{where}: prototypes of shape {tuple(protos.shape)}, the model's decoder features "
-                             f"have {D} channels (expected ({K}, {D})); was it prepared with another model?")
+            raise ValueError(
+                f"{where}: prototypes of shape {tuple(protos.shape)}, the model's decoder features "
+                f"have {D} channels (expected ({K}, {D})); was it prepared with another model?"
+            )
         if int(prepared.get("pseudo_stride", cfg.pseudo_stride)) != cfg.pseudo_stride:
-            log.warning("%s: stored at stride %s, method.cpsl.pseudo_stride=%s (the stored maps are used)", where,
-                        prepared.get("pseudo_stride"), cfg.pseudo_stride)
+            log.warning(
+                "%s: stored at stride %s, method.cpsl.pseudo_stride=%s (the stored maps are used)",
+                where,
+                prepared.get("pseudo_stride"),
+                cfg.pseudo_stride,
+            )
 
     # ------------------------------------------------------------------------------------- modes
     def eval_model(self, model: Segmentor) -> nn.Module:
@@ -292,8 +333,13 @@ class CPSLStrategy(TeacherMixin, Strategy):
         return model
 
     # ------------------------------------------------------------------------------------ pieces
-    def soft_labels(self, index: torch.Tensor, size: tuple[int, int], crop_box: Optional[torch.Tensor] = None,
-                    flip: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def soft_labels(
+        self,
+        index: torch.Tensor,
+        size: tuple[int, int],
+        crop_box: Optional[torch.Tensor] = None,
+        flip: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``p0`` of the batch items at ``size`` (B, K, H, W): the stored map of item ``index[b]``
         sampled bilinearly (align_corners=False, border padding) over its crop, flipped if ``flip``."""
         p = self.store.lookup(index)
@@ -320,15 +366,21 @@ class CPSLStrategy(TeacherMixin, Strategy):
         xs, ys, xt, idx = src["image"], src["label"], tgt["image"], tgt["index"]
         B, _, H, W = xt.shape
         if cfg.cutmix_p > 0 and (xs.shape[-2:] != xt.shape[-2:] or ys.shape[-2:] != xs.shape[-2:]):
-            raise ValueError("CPSL CutMix pastes source pixels into the target crop: source image "
-                             f"{tuple(xs.shape[-2:])}, source label {tuple(ys.shape[-2:])} and target image "
-                             f"{tuple(xt.shape[-2:])} must have the same size (or set method.cpsl.cutmix_p=0)")
+            raise ValueError(
+                "CPSL CutMix pastes source pixels into the target crop: source image "
+                f"{tuple(xs.shape[-2:])}, source label {tuple(ys.shape[-2:])} and target image "
+                f"{tuple(xt.shape[-2:])} must have the same size (or set method.cpsl.cutmix_p=0)"
+            )
         dev = xt.device
         tau = float(cfg.tau)
         losses: dict[str, torch.Tensor] = {}
         logs: dict[str, torch.Tensor] = {}
-        weights = {"target.ce": cfg.lambda_ce, "target.rce": cfg.lambda_rce, "target.sl": cfg.lambda_sl,
-                   "target.con": cfg.lambda_con}
+        weights = {
+            "target.ce": cfg.lambda_ce,
+            "target.rce": cfg.lambda_rce,
+            "target.sl": cfg.lambda_sl,
+            "target.con": cfg.lambda_con,
+        }
 
         # 1. source CE
         out_s = model(xs)
@@ -336,6 +388,7 @@ class CPSLStrategy(TeacherMixin, Strategy):
         logs.update(ce_logs)
 
         g = step_generator(self.seed, step, dev)
+
         def no_amp():
             return torch.autocast(dev.type, enabled=False)
 
@@ -378,8 +431,9 @@ class CPSLStrategy(TeacherMixin, Strategy):
         with no_amp():
             # 4. self-labeling (prototypes only)
             u, o = self._sample(f_t, o_t, g)
-            losses["target.sl"], marginal = self_labeling_loss(u, o, self.head, self.prior, tau, cfg.epsilon,
-                                                               cfg.sinkhorn_iters, self.bank_feat, self.bank_out)
+            losses["target.sl"], marginal = self_labeling_loss(
+                u, o, self.head, self.prior, tau, cfg.epsilon, cfg.sinkhorn_iters, self.bank_feat, self.bank_out
+            )
             self.bank_feat.push(u)
             self.bank_out.push(o)
 
@@ -404,3 +458,32 @@ class CPSLStrategy(TeacherMixin, Strategy):
         ema_update(self.teacher, unwrap(model), float(self.cfg.ema_alpha))
         self.head.update_ema(float(self.cfg.proto_ema))
         return {}
+
+
+# ------------------------------------------------------------------------------------------ run plot
+def plot_marginal_vs_prior(out: Path, train: list[dict]) -> list[Path]:
+    """``cpsl_marginal_vs_prior.png``: the class marginal of the Sinkhorn assignments over training,
+    divided by the prior r it is balanced towards (1 = balanced), from the logged ``cpsl/*`` scalars."""
+    from balda import plots
+    from balda.data.labels import CLASS_NAMES
+
+    marg = [r for r in train if f"cpsl/assign_marginal/{CLASS_NAMES[0]}" in r]
+    if not marg:
+        return []
+    steps = [r["step"] for r in marg]
+    m = np.array([[r.get(f"cpsl/assign_marginal/{c}", np.nan) for c in CLASS_NAMES] for r in marg], dtype=float)
+    prior = np.array([marg[-1].get(f"cpsl/prior/{c}", np.nan) for c in CLASS_NAMES], dtype=float)
+    ratio = m / np.where(prior > 0, prior, np.nan)
+    return [
+        plots.plot_class_weights(
+            steps,
+            ratio,
+            CLASS_NAMES,
+            Path(out) / "cpsl_marginal_vs_prior.png",
+            title="CPSL: assignment class marginal / prior r (1 = balanced)",
+            ylabel="marginal / r",
+        )
+    ]
+
+
+RUN_PLOTS.add("cpsl_marginal_vs_prior", plot_marginal_vs_prior, replace=True)

@@ -1,12 +1,13 @@
-"""Tests of balda.engine.plots: every figure is written as a non-empty PNG of sensible size."""
+"""Tests of balda.plots: every figure is written as a non-empty PNG of sensible size."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from balda import plots
 from balda.data.labels import CLASS_NAMES, colorize
-from balda.engine import plots
 
 
 def _check_png(path, min_size=(200, 150), max_side=6000):
@@ -26,8 +27,12 @@ def test_plot_class_iou(tmp_path):
     a = rng.uniform(0.1, 0.9, 19)
     b = a.copy()
     b[16] = np.nan
-    p = plots.plot_class_iou({"source only": a * 0.7, "DAFormer": a, "ours": b}, CLASS_NAMES,
-                             tmp_path / "sub" / "iou.png", title="GTA5 -> Cityscapes")
+    p = plots.plot_class_iou(
+        {"source only": a * 0.7, "DAFormer": a, "ours": b},
+        CLASS_NAMES,
+        tmp_path / "sub" / "iou.png",
+        title="GTA5 -> Cityscapes",
+    )
     assert p == tmp_path / "sub" / "iou.png"
     w, h = _check_png(p, min_size=(800, 400))
     assert w > h
@@ -56,12 +61,21 @@ def test_plot_confusion_rejects_bad_args(tmp_path):
 
 def test_plot_curves_and_bars(tmp_path):
     x = list(range(0, 4000, 250))
-    p = plots.plot_curves({"mIoU": (x, np.linspace(30, 55, len(x))), "min IoU": (x, np.linspace(0, 20, len(x)))},
-                          tmp_path / "curves.png", title="Validation", xlabel="iteration", ylabel="%")
+    p = plots.plot_curves(
+        {"mIoU": (x, np.linspace(30, 55, len(x))), "min IoU": (x, np.linspace(0, 20, len(x)))},
+        tmp_path / "curves.png",
+        title="Validation",
+        xlabel="iteration",
+        ylabel="%",
+    )
     _check_png(p)
-    p = plots.plot_bars({"source only": 38.6, "AdvEnt": 43.8, "DAFormer": 68.3, "DAFormer+GBW": 69.9},
-                        tmp_path / "bars.png", title="mIoU", ylabel="mIoU (%)",
-                        errors={"DAFormer": 0.5, "DAFormer+GBW": 0.4})
+    p = plots.plot_bars(
+        {"source only": 38.6, "AdvEnt": 43.8, "DAFormer": 68.3, "DAFormer+GBW": 69.9},
+        tmp_path / "bars.png",
+        title="mIoU",
+        ylabel="mIoU (%)",
+        errors={"DAFormer": 0.5, "DAFormer+GBW": 0.4},
+    )
     _check_png(p)
     p = plots.plot_bars({"a": 1.0, "b": 2.0}, tmp_path / "bars2.png", errors=[0.1, 0.2])
     _check_png(p, min_size=(150, 100))

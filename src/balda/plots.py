@@ -4,10 +4,12 @@ Every function draws on its own :class:`matplotlib.figure.Figure` with the Agg c
 state, no GUI, safe in worker threads), writes a PNG to ``path`` (parent folders are created) and
 returns the path. Class colours come from the Cityscapes ``PALETTE`` where a class name is known.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -67,8 +69,9 @@ def _as_percent(values: Sequence[np.ndarray]) -> float:
     return 100.0 if finite.size == 0 or finite.max() <= 1.0 else 1.0
 
 
-def plot_class_iou(results: Mapping[str, np.ndarray], class_names: Sequence[str], path: str | Path,
-                   title: str = "") -> Path:
+def plot_class_iou(
+    results: Mapping[str, np.ndarray], class_names: Sequence[str], path: str | Path, title: str = ""
+) -> Path:
     """Grouped bars of per-class IoU, one colour per method, mIoU (nanmean) in the legend.
 
     ``results`` maps a method name to its (K,) IoU array (fractions or percent; NaN bars are left
@@ -90,15 +93,31 @@ def plot_class_iou(results: Mapping[str, np.ndarray], class_names: Sequence[str]
     for i, (m, a, col) in enumerate(zip(methods, arrays, _method_colors(n))):
         vals = a * scale
         miou = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
-        ax.bar(x - 0.4 + width * (i + 0.5), vals, width=width, color=col, edgecolor="white", linewidth=0.4,
-               label=f"{m} (mIoU {miou:.1f})")
+        ax.bar(
+            x - 0.4 + width * (i + 0.5),
+            vals,
+            width=width,
+            color=col,
+            edgecolor="white",
+            linewidth=0.4,
+            label=f"{m} (mIoU {miou:.1f})",
+        )
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=9)
     ax.tick_params(axis="x", pad=9, length=0)
     trans = ax.get_xaxis_transform()
     for i, name in enumerate(names):
-        ax.add_patch(Rectangle((i - 0.4, -0.035), 0.8, 0.025, transform=trans, clip_on=False,
-                               facecolor=class_color(name, i), edgecolor="none"))
+        ax.add_patch(
+            Rectangle(
+                (i - 0.4, -0.035),
+                0.8,
+                0.025,
+                transform=trans,
+                clip_on=False,
+                facecolor=class_color(name, i),
+                edgecolor="none",
+            )
+        )
     ax.set_xlim(-0.6, k - 0.4)
     ax.set_ylim(0, 100 if scale == 100.0 else None)
     ax.set_ylabel("IoU (%)")
@@ -113,8 +132,9 @@ def plot_class_iou(results: Mapping[str, np.ndarray], class_names: Sequence[str]
     return _save(fig, path)
 
 
-def plot_confusion(conf: np.ndarray, class_names: Sequence[str], path: str | Path,
-                   normalize: Optional[str] = "true", title: str = "") -> Path:
+def plot_confusion(
+    conf: np.ndarray, class_names: Sequence[str], path: str | Path, normalize: Optional[str] = "true", title: str = ""
+) -> Path:
     """Heat map of a (K, K) confusion matrix (rows = ground truth, columns = prediction).
 
     ``normalize``: ``'true'`` divides each row by its GT total (cells are recall shares), ``'pred'``
@@ -143,8 +163,11 @@ def plot_confusion(conf: np.ndarray, class_names: Sequence[str], path: str | Pat
     vmax = 1.0 if normed else (np.nanmax(m) if np.isfinite(m).any() else 1.0)
     im = ax.imshow(np.ma.masked_invalid(m), cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-    cb.set_label({"true": "share of GT pixels", "pred": "share of predicted pixels",
-                  "all": "share of all pixels"}.get(str(normalize), "pixels"))
+    cb.set_label(
+        {"true": "share of GT pixels", "pred": "share of predicted pixels", "all": "share of all pixels"}.get(
+            str(normalize), "pixels"
+        )
+    )
     ax.set_xticks(np.arange(k))
     ax.set_yticks(np.arange(k))
     ax.set_xticklabels(class_names, rotation=60, ha="right", fontsize=8)
@@ -158,14 +181,26 @@ def plot_confusion(conf: np.ndarray, class_names: Sequence[str], path: str | Pat
                 if not np.isfinite(v) or v == 0 or (normed and v < 0.005):
                     continue  # blank rather than a wall of "0"
                 txt = f"{100 * v:.0f}" if normed else f"{v:.0f}"
-                ax.text(j, i, txt, ha="center", va="center", fontsize=6 if k > 12 else 8,
-                        color="white" if v > 0.55 * vmax else "black")
+                ax.text(
+                    j,
+                    i,
+                    txt,
+                    ha="center",
+                    va="center",
+                    fontsize=6 if k > 12 else 8,
+                    color="white" if v > 0.55 * vmax else "black",
+                )
     ax.set_title(title or ("Confusion matrix" + (" (row-normalised, %)" if normalize == "true" else "")))
     return _save(fig, path)
 
 
-def plot_curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path,
-                title: str = "", xlabel: str = "", ylabel: str = "") -> Path:
+def plot_curves(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+) -> Path:
     """Line plot of named ``(x, y)`` series (markers when a series has at most 30 points)."""
     fig = _new_figure(7.0, 4.2)
     ax = fig.add_subplot()
@@ -173,8 +208,7 @@ def plot_curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], p
         xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
         if xs.shape != ys.shape:
             raise ValueError(f"series {name!r}: x has shape {xs.shape}, y has {ys.shape}")
-        ax.plot(xs, ys, label=name, color=col, linewidth=1.6, marker="o" if len(xs) <= 30 else None,
-                markersize=3.5)
+        ax.plot(xs, ys, label=name, color=col, linewidth=1.6, marker="o" if len(xs) <= 30 else None, markersize=3.5)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -186,8 +220,14 @@ def plot_curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], p
     return _save(fig, path)
 
 
-def plot_class_weights(steps: Sequence[float], weights: np.ndarray, class_names: Sequence[str],
-                       path: str | Path, title: str = "Class weights", ylabel: str = "weight") -> Path:
+def plot_class_weights(
+    steps: Sequence[float],
+    weights: np.ndarray,
+    class_names: Sequence[str],
+    path: str | Path,
+    title: str = "Class weights",
+    ylabel: str = "weight",
+) -> Path:
     """One line per class (its palette colour) of class weights ``weights`` (T, K) over ``steps`` (T,).
 
     Line styles cycle every few classes so that classes with similar palette colours stay apart.
@@ -200,21 +240,31 @@ def plot_class_weights(steps: Sequence[float], weights: np.ndarray, class_names:
     fig = _new_figure(8.5, 4.6)
     ax = fig.add_subplot()
     for c, name in enumerate(class_names):
-        ax.plot(s, w[:, c], color=class_color(name, c), linestyle=_LINESTYLES[(c // 5) % len(_LINESTYLES)],
-                linewidth=1.5, label=name)
+        ax.plot(
+            s,
+            w[:, c],
+            color=class_color(name, c),
+            linestyle=_LINESTYLES[(c // 5) % len(_LINESTYLES)],
+            linewidth=1.5,
+            label=name,
+        )
     ax.set_title(title)
     ax.set_xlabel("iteration")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8,
-              ncol=1 if k <= 20 else 2)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8, ncol=1 if k <= 20 else 2)
     return _save(fig, path)
 
 
-def plot_bars(values: Mapping[str, float], path: str | Path, title: str = "", ylabel: str = "",
-              errors: Optional[Mapping[str, float] | Sequence[float]] = None) -> Path:
+def plot_bars(
+    values: Mapping[str, float],
+    path: str | Path,
+    title: str = "",
+    ylabel: str = "",
+    errors: Optional[Mapping[str, float] | Sequence[float]] = None,
+) -> Path:
     """Bar chart of named values, with optional error bars (e.g. std over seeds), values annotated."""
     names = list(values)
     vals = np.asarray([values[n] for n in names], dtype=np.float64)
@@ -238,8 +288,7 @@ def plot_bars(values: Mapping[str, float], path: str | Path, title: str = "", yl
     top = top if np.isfinite(top) and top > 0 else 1.0
     for xi, v, e in zip(x, vals, err if err is not None else np.zeros_like(vals)):
         if np.isfinite(v):
-            ax.text(xi, v + (e if np.isfinite(e) else 0) + 0.01 * top, f"{v:.3g}", ha="center", va="bottom",
-                    fontsize=8)
+            ax.text(xi, v + (e if np.isfinite(e) else 0) + 0.01 * top, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
     long = any(len(n) > 8 for n in names)
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=30 if long else 0, ha="right" if long else "center", fontsize=9)
@@ -252,9 +301,12 @@ def plot_bars(values: Mapping[str, float], path: str | Path, title: str = "", yl
     return _save(fig, path)
 
 
-def image_grid(rows: Sequence[Sequence[np.ndarray]], path: str | Path,
-               titles: Optional[Sequence[str] | Sequence[Sequence[str]]] = None,
-               cell_width: float = 3.2) -> Path:
+def image_grid(
+    rows: Sequence[Sequence[np.ndarray]],
+    path: str | Path,
+    titles: Optional[Sequence[str] | Sequence[Sequence[str]]] = None,
+    cell_width: float = 3.2,
+) -> Path:
     """Tile images (uint8 HxWx3 RGB or HxW grey) into a grid, one list per row.
 
     ``titles``: per-cell (a list of lists shaped like ``rows``) or per-column (a flat list, shown
@@ -279,8 +331,9 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], path: str | Path,
             if img.ndim == 3 and img.shape[2] == 1:
                 img = img[..., 0]
             if img.ndim == 2:
-                ax.imshow(img, cmap="gray", interpolation="nearest",
-                          vmin=0, vmax=255 if img.dtype == np.uint8 else None)
+                ax.imshow(
+                    img, cmap="gray", interpolation="nearest", vmin=0, vmax=255 if img.dtype == np.uint8 else None
+                )
             else:
                 ax.imshow(img, interpolation="nearest")
             label = None
@@ -291,6 +344,5 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], path: str | Path,
                 label = titles[j]
             if label:
                 ax.set_title(str(label), fontsize=9)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.99, wspace=0.03,
-                        hspace=0.12 if titles else 0.03)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.99, wspace=0.03, hspace=0.12 if titles else 0.03)
     return _save(fig, path)
