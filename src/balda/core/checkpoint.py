@@ -144,3 +144,31 @@ def load_model_weights(model: torch.nn.Module, state: dict, source: str | Path) 
             f"checkpoint {source} does not match the model ({diff}); was it trained with another model config?"
         )
     model.load_state_dict(state)
+
+
+#: The ``format`` of a file written by :func:`export_weights`.
+EXPORT_FORMAT = "balda-weights-1"
+
+
+def export_weights(run: str | Path, out: str | Path, best: bool = False) -> Path:
+    """``balda export``: a run's model as a plain file ``torch.load`` opens with ``weights_only=True``.
+
+    A training checkpoint also pickles the optimiser and the numpy RNG state (so loading it needs
+    ``weights_only=False``); the export keeps only ``model`` (the state dict), ``model_config`` and
+    ``config`` (plain dicts of the run's settings), ``step`` and ``format``. ``balda eval``,
+    ``balda predict`` and ``model.init`` accept it like a checkpoint. Written atomically."""
+    src = resolve_checkpoint(run, best=best)
+    ckpt = load_checkpoint(src)
+    for key in ("config", "model_config"):
+        if not isinstance(ckpt.get(key), dict):
+            raise CheckpointError(f"{src} holds no {key!r}; it was not written by balda train")
+    state = {k: v.detach().cpu() for k, v in ckpt["model"].items()}
+    payload = {
+        "format": EXPORT_FORMAT,
+        "model": state,
+        "model_config": ckpt["model_config"],
+        "config": ckpt["config"],
+        "step": int(ckpt.get("step", 0)),
+        "source": str(src),
+    }
+    return atomic_save(payload, out)

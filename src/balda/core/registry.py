@@ -137,18 +137,19 @@ RUN_PLOTS: Registry[Callable[..., list]] = Registry("run plot")
 
 @dataclass(frozen=True)
 class CommandSpec:
-    """A CLI verb registered by the module that implements it: ``add(subparsers)`` adds its parser
-    (and sets its ``func``)."""
+    """A CLI verb registered by the module that implements it (``name`` may be two words, as
+    ``cpsl prepare``): ``add()`` returns its ``argparse.ArgumentParser``, whose ``func`` default runs it."""
 
     name: str
-    add: Callable[[Any], None]
+    add: Callable[[], Any]
 
 
 CLI_COMMANDS: Registry[CommandSpec] = Registry("command")
 
 
 def register_command(name: str) -> Callable[[Callable], Callable]:
-    """Decorator of ``add(subparsers)``: the CLI calls it to add the verb ``name``."""
+    """Decorator of a function returning the verb's parser (options mix with ``key=value``
+    overrides in any order; set ``help_line`` on it for ``balda --help``)."""
 
     def deco(fn: Callable) -> Callable:
         CLI_COMMANDS.add(name, CommandSpec(name, fn), replace=True)

@@ -69,7 +69,7 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start if start > 0 else None)
+                self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start + 1 if start > 0 else None)
             except Exception:  # pragma: no cover - tensorboard missing/broken
                 self._tb = None
         if progress:
@@ -96,7 +96,10 @@ class RunLogger:
             self._task = self._progress.add_task(description, total=total, completed=start, info="")
 
     def _truncate(self, start: int) -> None:
-        """On resume, drop records of steps at or after ``start`` (they will be logged again)."""
+        """On resume from step ``start``, drop the records a killed run wrote after its checkpoint:
+        steps after ``start``, and the acquisition records of step ``start`` (that round runs again,
+        from its saved selection, before step ``start + 1``). Records of step ``start`` itself were
+        written before the checkpoint and are not repeated, so they are kept."""
         if not self.path.exists():
             return
         keep = []
@@ -105,7 +108,8 @@ class RunLogger:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill
-            if rec.get("step", -1) < start:
+            step = rec.get("step", -1)
+            if step < start or (step == start and rec.get("kind") != "active"):
                 keep.append(line)
         self.path.write_text("".join(l + "\n" for l in keep))
 
@@ -185,7 +189,8 @@ class RunLogger:
         if self._tb is not None:
             for k, v in rec.items():
                 if isinstance(v, (int, float)) and math.isfinite(v) and not (tb_skip and k.startswith(tb_skip)):
-                    self._tb.add_scalar(f"{kind}/{k}" if kind != "train" else k, v, step)
+                    tag = k if kind == "train" or k.startswith(f"{kind}/") else f"{kind}/{k}"
+                    self._tb.add_scalar(tag, v, step)
 
     def progress(self, step: int) -> None:
         if self._progress is None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -41,7 +42,7 @@ from balda.core.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from balda.core.errors import NonFiniteLossError
+from balda.core.errors import ConfigError, NonFiniteLossError
 from balda.core.hooks import HookBase
 from balda.engine.hooks import FaultInjection, FinalEvalAndSave, PeriodicCheckpoint, PeriodicEval, RunPlots
 from balda.engine.logger import RunLogger, read_metrics
@@ -53,11 +54,25 @@ __all__ = ["Trainer", "train", "resolve_device", "NonFiniteLossError"]
 
 
 def resolve_device(name: str) -> torch.device:
+    """``train.device`` as a device: ``auto`` = this rank's GPU if there is one, else the CPU.
+    Raises :class:`ConfigError` for a device this machine does not have."""
     if name == "auto":
         if dist.is_distributed() and torch.cuda.is_available():
             return torch.device("cuda", dist.local_rank())
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(
+                f"'train.device': {name!r} but no CUDA device is available on this machine "
+                "(use train.device=cpu or auto)"
+            )
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"'train.device': {name!r} but this machine has {n} CUDA device(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"'train.device': {name!r} but MPS is not available on this machine")
+    return dev
 
 
 def _to_device(batch, device):
@@ -70,9 +85,16 @@ def _to_device(batch, device):
 
 class Trainer:
     """Train ``cfg`` into ``cfg.run_dir``; ``resume=True`` continues from ``last.pt`` if present,
-    a path resumes from that checkpoint."""
+    a path resumes from that checkpoint. A resumed run must have the checkpoint's config except for
+    the keys (or sections) in ``allow_changes`` (:mod:`balda.engine.resume`)."""
 
-    def __init__(self, cfg: Config, resume: bool | str = False, progress: Optional[bool] = None):
+    def __init__(
+        self,
+        cfg: Config,
+        resume: bool | str = False,
+        progress: Optional[bool] = None,
+        allow_changes: Sequence[str] = (),
+    ):
         from balda.balancing.class_weights import build_weighting
         from balda.balancing.combine import build_combiner
         from balda.data.datasets import build_dataset
@@ -147,7 +169,7 @@ class Trainer:
                 for tmp in self.run_dir.glob(".*.pt.*.tmp"):
                     tmp.unlink(missing_ok=True)
             if resume_from is not None:
-                self.load(resume_from)
+                self.load(resume_from, allow_changes=allow_changes)
         if self.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
 
@@ -205,8 +227,15 @@ class Trainer:
             return None
         return atomic_save(self.state_dict(), self.run_dir / name)
 
-    def load(self, path: str | Path) -> None:
+    def load(self, path: str | Path, allow_changes: Sequence[str] = ()) -> None:
+        """Resume from checkpoint ``path`` (see :mod:`balda.engine.resume` for config changes)."""
+        from balda.engine.resume import check_resume, record_changes
+
         ckpt = load_checkpoint(path, map_location=self.device)
+        changes = {}
+        if isinstance(ckpt.get("config"), dict):
+            changes = check_resume(ckpt["config"], to_dict(self.cfg), allow_changes, source=str(path))
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         load_model_weights(self.model, ckpt["model"], path)
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -214,11 +243,24 @@ class Trainer:
             self.strategy.load_state_dict(ckpt["strategy"])
         except (ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"checkpoint {path} does not match this run's method/optimiser config: {e}") from None
+        if any(k.startswith("optim.") for k in changes):  # an allowed new optimiser setting takes effect now
+            for g, f in zip(self.optimizer.param_groups, fresh):
+                g.update(f)
+            self.scheduler.base_lrs = [f["initial_lr"] for f in fresh]
+            for g, base, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+                g["lr"] = base * lam(self.scheduler.last_epoch)
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
         self.best_miou = float(ckpt.get("best_miou", -1.0))
         set_rng_state(ckpt["rng"])
+        if changes and self.is_main:
+            record_changes(self.run_dir, self.step, changes)
+            log.warning(
+                "resumed with changed config from step %d: %s",
+                self.step,
+                ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in changes.items()),
+            )
         log.info("resumed from %s at iteration %d", path, self.step)
 
     # ------------------------------------------------------------------------------------ train
@@ -386,6 +428,6 @@ class Trainer:
             log.warning("could not write plots for %s: %s", self.run_dir, e)
 
 
-def train(cfg: Config, resume: bool | str = False, progress: Optional[bool] = None):
+def train(cfg: Config, resume: bool | str = False, progress: Optional[bool] = None, allow_changes: Sequence[str] = ()):
     """Train a config end to end and return the final metrics."""
-    return Trainer(cfg, resume=resume, progress=progress).fit()
+    return Trainer(cfg, resume=resume, progress=progress, allow_changes=allow_changes).fit()

@@ -520,22 +520,19 @@ def _cmd_prepare(args) -> int:
     return 0
 
 
-@register_command("cpsl")
-def add_cli(sub) -> None:
+@register_command("cpsl prepare")
+def cli_parser():
     """``balda cpsl prepare RUN_OR_CKPT --out DIR [key=value ...]``."""
     import argparse
 
-    cp = sub.add_parser("cpsl", help="CPSL utilities (prepare the warm-up model's pseudo-labels)")
-    cpsub = cp.add_subparsers(dest="what", required=True, metavar="WHAT")
-    pr = cpsub.add_parser(
-        "prepare",
-        help="store the warm-up model's soft pseudo-labels, class prior and prototypes",
+    pr = argparse.ArgumentParser(
+        prog="balda cpsl prepare",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="From a warm-up run (source-only or adversarial) compute, over the target "
-        "train set, the fixed soft pseudo-labels (float16, reduced resolution), the "
-        "class prior r and the prototype initialisation that CPSL stage 1 needs. "
-        "Resumable: images already written are skipped.",
+        description="From a warm-up run (source-only or adversarial) compute, over the target train set, the fixed "
+        "soft pseudo-labels (float16, reduced resolution), the class prior r and the prototype initialisation that "
+        "CPSL stage 1 needs. Resumable: images already written are skipped.",
     )
+    pr.help_line = "store a warm-up model's soft pseudo-labels, class prior and prototypes for CPSL"
     pr.add_argument("run", metavar="RUN_OR_CKPT", help="the warm-up run folder (its final.pt) or a checkpoint")
     pr.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the run's saved config")
     pr.add_argument("--out", required=True, help="folder to write (use as method.cpsl.prepared)")
@@ -543,6 +540,7 @@ def add_cli(sub) -> None:
     pr.add_argument("--batch-size", type=int, default=1, help="images per inference batch")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_prepare)
+    return pr
 
 
 def prepare_bench_cell(warm_run: Path, out: Path, seed: int, data: Path, progress: bool = False) -> list[str]:
