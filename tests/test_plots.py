@@ -104,3 +104,12 @@ def test_image_grid(tmp_path):
     _check_png(p, min_size=(500, 200))
     with pytest.raises(ValueError):
         plots.image_grid([[]], tmp_path / "empty.png")
+
+
+def test_confusion_colour_bar_is_in_percent_like_its_cells():
+    conf = np.array([[3, 1], [0, 4]])
+    m, vmax, label = plots.confusion_values(conf, "true")
+    assert vmax == 100.0 and "%" in label
+    np.testing.assert_allclose(m, [[75.0, 25.0], [0.0, 100.0]])
+    counts, cmax, clabel = plots.confusion_values(conf, None)
+    assert cmax == 4 and clabel == "pixels"

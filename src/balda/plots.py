@@ -132,6 +132,25 @@ def plot_class_iou(
     return _save(fig, path)
 
 
+def confusion_values(conf: np.ndarray, normalize: Optional[str] = "true") -> tuple[np.ndarray, float, str]:
+    """What :func:`plot_confusion` draws: the (K, K) values (normalised shares in **percent**, as the
+    cells are printed, or raw counts), the colour-bar maximum and its label."""
+    c = np.asarray(conf, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if normalize == "true":
+            m = c / c.sum(axis=1, keepdims=True)
+        elif normalize == "pred":
+            m = c / c.sum(axis=0, keepdims=True)
+        elif normalize == "all":
+            m = c / c.sum()
+        elif normalize in (None, "none"):
+            return c, float(np.nanmax(c)) if np.isfinite(c).any() else 1.0, "pixels"
+        else:
+            raise ValueError(f"normalize must be 'true', 'pred', 'all' or None, got {normalize!r}")
+    label = {"true": "% of GT pixels", "pred": "% of predicted pixels", "all": "% of all pixels"}[normalize]
+    return 100.0 * m, 100.0, label
+
+
 def plot_confusion(
     conf: np.ndarray, class_names: Sequence[str], path: str | Path, normalize: Optional[str] = "true", title: str = ""
 ) -> Path:
@@ -145,29 +164,14 @@ def plot_confusion(
     k = len(class_names)
     if c.shape != (k, k):
         raise ValueError(f"confusion has shape {c.shape}, expected ({k}, {k})")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if normalize == "true":
-            m = c / c.sum(axis=1, keepdims=True)
-        elif normalize == "pred":
-            m = c / c.sum(axis=0, keepdims=True)
-        elif normalize == "all":
-            m = c / c.sum()
-        elif normalize in (None, "none"):
-            m = c
-        else:
-            raise ValueError(f"normalize must be 'true', 'pred', 'all' or None, got {normalize!r}")
+    m, vmax, label = confusion_values(c, normalize)
     normed = normalize not in (None, "none")
     side = max(5.0, 0.42 * k + 2.0)
     fig = _new_figure(side + 1.2, side)
     ax = fig.add_subplot()
-    vmax = 1.0 if normed else (np.nanmax(m) if np.isfinite(m).any() else 1.0)
     im = ax.imshow(np.ma.masked_invalid(m), cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-    cb.set_label(
-        {"true": "share of GT pixels", "pred": "share of predicted pixels", "all": "share of all pixels"}.get(
-            str(normalize), "pixels"
-        )
-    )
+    cb.set_label(label)
     ax.set_xticks(np.arange(k))
     ax.set_yticks(np.arange(k))
     ax.set_xticklabels(class_names, rotation=60, ha="right", fontsize=8)
@@ -178,9 +182,9 @@ def plot_confusion(
         for i in range(k):
             for j in range(k):
                 v = m[i, j]
-                if not np.isfinite(v) or v == 0 or (normed and v < 0.005):
+                if not np.isfinite(v) or v == 0 or (normed and v < 0.5):
                     continue  # blank rather than a wall of "0"
-                txt = f"{100 * v:.0f}" if normed else f"{v:.0f}"
+                txt = f"{v:.0f}"
                 ax.text(
                     j,
                     i,

@@ -28,7 +28,7 @@ from balda.data.labels import (CITYSCAPES_LUT, PALETTE, SYNTHIA_LUT, TRAINID_TO_
 CITYSCAPES_IDS = np.array(list(TRAINID_TO_LABELID) + [0, 1, 4, 6, 9, 14, 29, 34], dtype=np.uint8)
 #: SYNTHIA ids used by fixtures: the 16 classes present in SYNTHIA-RAND plus ignored ones (0, 13, 22)
 #: and a > 255 id that must map to 255 (not wrap around to 3).
-SYNTHIA_IDS = np.array([i for i in TRAINID_TO_SYNTHIA if i not in (16, 18, 20)] + [0, 13, 22, 259],
+SYNTHIA_IDS = np.array([i for i in TRAINID_TO_SYNTHIA if i not in (16, 18, 20)] + [0, 13, 22],
                        dtype=np.uint16)
 
 

@@ -1,6 +1,7 @@
 import logging
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -90,11 +91,13 @@ def test_gta5_palette_labels_and_missing_ids(tmp_path):
     assert (ds.load(0)[1] == 255).any()  # ids outside the 19 classes are ignored
 
 
-def test_gta5_missing_label_skipped_with_warning(tmp_path, caplog):
+def test_gta5_missing_label_is_an_error_or_skipped_with_warning(tmp_path, caplog):
     make_gta5(tmp_path, ids=(1, 2, 4))
     (tmp_path / "labels/00002.png").unlink()
+    with pytest.raises(DataError, match=r"00002\.png has no label"):
+        GTA5Dataset(tmp_path)                              # on_error=raise, as for Cityscapes
     with caplog.at_level(logging.WARNING, logger="balda.data"):
-        ds = GTA5Dataset(tmp_path)
+        ds = GTA5Dataset(tmp_path, on_error="skip")
     assert ds.names == ["00001", "00004"]
     assert "00002.png" in caplog.text
     assert len(GTA5Dataset(tmp_path, labelled=False)) == 3
@@ -202,3 +205,40 @@ def test_fingerprint_changes_with_files(tmp_path):
     assert f1 == GTA5Dataset(tmp_path).fingerprint()
     make_gta5(tmp_path, ids=(3,))
     assert GTA5Dataset(tmp_path).fingerprint() != f1
+
+
+def test_unknown_label_ids_are_errors(tmp_path):
+    """An id no dataset defines (250) is never silently ignored: the error names the file and the id."""
+    make_cityscapes(tmp_path, "train")
+    ds = CityscapesDataset(tmp_path, "train")
+    lab = np.asarray(Image.open(ds.label_paths[0])).copy()
+    lab[0, 0] = 250
+    Image.fromarray(lab).save(ds.label_paths[0])
+    with pytest.raises(DataError, match=r"holds ids \[250\]") as e:
+        ds.load(0)
+    assert str(ds.label_paths[0]) in str(e.value)
+    g = tmp_path / "gta"
+    make_gta5(g, ids=(1,))
+    Image.fromarray(np.full((8, 8), 250, np.uint8)).save(g / "labels" / "00001.png")
+    with pytest.raises(DataError, match="250"):
+        GTA5Dataset(g).load_label(0)
+
+
+def test_gta5_mismatch_with_another_aspect_is_an_error(tmp_path):
+    """GTA5 resizes only labels of the image's shape at another size (the real download's odd
+    pairs); a 50x20 label for a 128x64 image is a different picture and an error."""
+    make_gta5(tmp_path, ids=(1,), size=(64, 128))
+    Image.fromarray(np.full((20, 50), 7, np.uint8)).save(tmp_path / "labels/00001.png")
+    with pytest.raises(DataError, match="aspect ratios differ"):
+        GTA5Dataset(tmp_path).load(0)
+
+
+
+def test_synthia_id_outside_its_classes_is_an_error(tmp_path):
+    make_synthia(tmp_path, ids=(0,))
+    path = tmp_path / "RAND_CITYSCAPES" / "GT" / "LABELS" / "0000000.png"
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    arr[0, 0, 2] = 259  # class channel (R, index 2 in OpenCV's BGR)
+    cv2.imwrite(str(path), arr)
+    with pytest.raises(DataError, match=r"class ids \[259\]"):
+        SynthiaDataset(tmp_path).load_label(0)

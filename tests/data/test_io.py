@@ -91,14 +91,18 @@ def test_read_label_16bit(tmp_path):
 
 
 def test_read_synthia_label_channel_and_lut(tmp_path, rng):
-    cls = np.array([[3, 4, 2], [21, 259, 0], [8, 11, 65535]], np.uint16)
+    cls = np.array([[3, 4, 2], [21, 13, 0], [8, 11, 22]], np.uint16)
     arr = synthia_label_array(cls, rng)
     arr[..., 0] = 7  # the B channel must not be read
     cv2.imwrite(str(tmp_path / "0000000.png"), arr)
     out = read_synthia_label(tmp_path / "0000000.png")
     assert out.dtype == np.uint8
-    # 259 must map to 255, not wrap to id 3 (road)
     np.testing.assert_array_equal(out, [[0, 1, 2], [3, 255, 255], [13, 18, 255]])
+    # an id SYNTHIA does not define is an error, never wrapped (259 would wrap to 3, road) nor ignored
+    cls[1, 1] = 259
+    cv2.imwrite(str(tmp_path / "0000000.png"), synthia_label_array(cls, rng))
+    with pytest.raises(DataError, match=r"0000000\.png holds class ids \[259\]"):
+        read_synthia_label(tmp_path / "0000000.png")
 
 
 def test_write_label_roundtrip_palette_and_grey(tmp_path, rng):

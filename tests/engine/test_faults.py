@@ -101,9 +101,13 @@ def test_kills_right_after_a_checkpoint_and_during_a_checkpoint_write(reference_
 # ------------------------------------------------------------------------------------ checkpoints
 def test_checkpoint_of_another_model_config_is_named(reference_run, tiny_config, capsys):
     ckpt = reference_run / "final.pt"
-    cfg = tiny_config(FAULT_RUN[0], *FAULT_RUN[1:], "model.width=16")
-    with pytest.raises(CheckpointError, match=re.escape(str(ckpt)) + ".*model config"):
+    cfg = tiny_config(FAULT_RUN[0], *FAULT_RUN[1:], "model.width=16", iters=ITERS)
+    # resuming: the config comparison names the checkpoint and the differing key first
+    with pytest.raises(ConfigError, match=re.escape(str(ckpt)) + r".*model\.width: 8 -> 16"):
         Trainer(cfg, resume=str(ckpt))
+    # allowed anyway, the weights themselves do not fit: the checkpoint is named
+    with pytest.raises(CheckpointError, match=re.escape(str(ckpt)) + ".*model config"):
+        Trainer(cfg, resume=str(ckpt), allow_changes=["model", "name", "out_dir"])
 
     from balda.cli import main
 
@@ -185,7 +189,9 @@ def test_labels_with_unexpected_ids_or_sizes(streets_copy, tmp_path):
         Trainer(_cfg(streets_copy, tmp_path / "size", "streets/oracle", iters=4), progress=False).fit()
     trainids.unlink()
 
-    # GTA5 source labels: unknown labelIds are ignore (255), a size mismatch is resized with a warning
+    # GTA5 source labels: an unknown labelId (250) is an error naming the file; a half-size label of
+    # the same shape (the real download's odd pairs) is resized with a warning; on_error=skip skips
+    # the broken pair and trains on
     src = sorted((streets_copy / "source" / "labels").glob("*.png"))
     _write_png(src[0], np.full((h, w), 250, np.uint8))
     _write_png(src[1], np.full((h // 2, w // 2), 26, np.uint8))  # car, half size
@@ -193,10 +199,29 @@ def test_labels_with_unexpected_ids_or_sizes(streets_copy, tmp_path):
 
     cfg = _cfg(streets_copy, tmp_path / "gta")
     ds = build_dataset(cfg.data.source)
-    _, lab0 = ds.load(0)
+    with pytest.raises(DataError, match=re.escape(str(src[0])) + r".*\[250\]"):
+        ds.load(0)
     _, lab1 = ds.load(1)
-    assert (lab0 == 255).all() and lab1.shape == (h, w) and (lab1 == 13).all()
-    Trainer(cfg, progress=False).fit()  # trains through both
+    assert lab1.shape == (h, w) and (lab1 == 13).all()
+    with pytest.raises(DataError, match=re.escape(str(src[0]))):
+        Trainer(cfg, progress=False).fit()
+    Trainer(
+        _cfg(streets_copy, tmp_path / "gta_skip", "streets/source_only", "data.source.on_error=skip"), progress=False
+    ).fit()  # trains through the resized pair, skips the broken one
+
+
+def test_unreadable_val_image_raises_or_is_skipped(streets_copy, tmp_path, caplog):
+    """``data.val.on_error`` applies to evaluation: raise naming the file, or skip with a warning."""
+    val = sorted((streets_copy / "target" / "leftImg8bit" / "val").rglob("*.png"))
+    val[1].write_bytes(b"garbage")
+    with pytest.raises(DataError, match=re.escape(str(val[1]))):
+        Trainer(_cfg(streets_copy, tmp_path / "v1", iters=1), progress=False).fit()
+    with caplog.at_level(logging.WARNING, logger="balda.eval"):
+        m = Trainer(
+            _cfg(streets_copy, tmp_path / "v2", "streets/source_only", "data.val.on_error=skip", iters=1),
+            progress=False,
+        ).fit()
+    assert 0 <= m.miou <= 1 and "skipping unreadable item 1" in caplog.text
 
 
 def test_empty_dataset_folders(streets_copy, tmp_path):

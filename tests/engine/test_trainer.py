@@ -181,3 +181,27 @@ def test_model_init_starts_student_and_teacher_from_a_run(tiny_config):
     Trainer(bad, resume=True)  # resumes from st/last.pt: model.init is not read
     with pytest.raises(Exception, match="missing.pt"):
         Trainer(tiny_config("streets/self_training", f"model.init={src.run_dir / 'missing.pt'}", name="st2"))
+
+
+def test_eval_curve_only_with_periodic_evaluation(tiny_config):
+    """eval.png is a curve: drawn when train.eval_every gives several points, not for the final one."""
+    cfg = tiny_config("streets/source_only", "train.eval_every=0", iters=2, name="noeval")
+    Trainer(cfg).fit()
+    assert not (cfg.run_dir / "plots" / "eval.png").exists()
+    cfg = tiny_config("streets/source_only", "train.eval_every=1", iters=3, name="evals")
+    Trainer(cfg).fit()
+    assert (cfg.run_dir / "plots" / "eval.png").is_file()
+
+
+def test_tensorboard_eval_tags_have_one_prefix(tmp_path):
+    from balda.engine.logger import RunLogger
+
+    log = RunLogger(tmp_path, 10, tensorboard=False, progress=False)
+    tags = []
+    log._tb = type(
+        "TB",
+        (),
+        {"add_scalar": lambda self, t, v, s: tags.append(t), "close": lambda self: None, "flush": lambda self: None},
+    )()
+    log.write(3, {"eval/miou": 0.5, "min_iou": 0.1}, kind="eval")
+    assert tags == ["eval/miou", "eval/min_iou"]

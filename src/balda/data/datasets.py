@@ -5,11 +5,21 @@ stem), whose :meth:`SegDataset.load` returns the RGB image (``uint8`` HxWx3) and
 mapped into the canonical 19-class trainId space (``uint8`` HxW, 255 = ignore), or ``None`` for an
 unlabelled split. Resizing, cropping and augmentation belong to :mod:`balda.data.transforms`.
 
-Scanning is done once, at construction; files are only decoded by ``load``. Problems found while
-scanning (empty or missing folder, an image without label in a labelled split) raise
-:class:`~balda.data.io.DataError` naming the file or folder; a broken file found while loading
-raises it too, and :meth:`SegDataset.load_or_skip` turns that into a logged warning and the next
-readable index.
+Scanning is done once, at construction; files are only decoded by ``load``. What is an error, in
+every loader (``on_error='raise'``, the default; each :class:`~balda.data.io.DataError` names the file):
+
+* an empty or missing folder;
+* an image without its label in a labelled split (``on_error='skip'``: dropped at scan time with a
+  warning listing them);
+* an unreadable, truncated or corrupt image or label, a colour (multi-channel) label;
+* a label holding an id its dataset does not define (Cityscapes/GTA5 labelIds other than 0..34 and
+  255, trainIds other than 0..18 and 255, SYNTHIA ids above 22): never silently ignored;
+* a label whose size differs from its image - except GTA5, whose real download has a few pairs of
+  slightly different sizes: there the label is resized (nearest) to the image with a warning when the
+  two aspect ratios agree within 2%, and anything else is an error.
+
+With ``on_error='skip'`` a training loader (:meth:`SegDataset.load_or_skip`) and the evaluation log
+such an item once and skip it.
 """
 from __future__ import annotations
 
@@ -24,7 +34,7 @@ import cv2
 import numpy as np
 
 from balda.data.io import DataError, read_image, read_label, read_synthia_label
-from balda.data.labels import CITYSCAPES_LUT, IGNORE_INDEX, NUM_CLASSES
+from balda.data.labels import CITYSCAPES_LUT, CITYSCAPES_VALID_IDS, IGNORE_INDEX, NUM_CLASSES, invalid_ids, map_labels
 
 log = logging.getLogger("balda.data")
 
@@ -53,9 +63,10 @@ class SegDataset:
     """
 
     kind: str = "base"
-    #: Whether a label whose size differs from its image is resized (nearest) with a warning (True)
-    #: or rejected with a DataError (False).
+    #: Whether a label whose size differs from its image is resized (nearest) with a warning (True,
+    #: when the aspect ratios agree within :attr:`aspect_tolerance`) or rejected with a DataError.
     resize_mismatched_labels: bool = False
+    aspect_tolerance: float = 0.02
 
     def __init__(self, root, split: str, labelled: bool, names: list[str], image_paths: list[Path],
                  label_paths: Optional[list[Path]], max_items: Optional[int] = None,
@@ -120,8 +131,10 @@ class SegDataset:
             lp, ip = self.label_paths[i], self.image_paths[i]
             msg = (f"label {lp} has size {label.shape[1]}x{label.shape[0]} but image {ip} has "
                    f"{image.shape[1]}x{image.shape[0]}")
-            if not self.resize_mismatched_labels:
-                raise DataError(msg, lp)
+            ratio = (label.shape[1] / label.shape[0]) / (image.shape[1] / image.shape[0])
+            if not self.resize_mismatched_labels or abs(ratio - 1) > self.aspect_tolerance:
+                raise DataError(msg + ("" if not self.resize_mismatched_labels else
+                                       f" (aspect ratios differ by {abs(ratio - 1):.0%}: not a resized pair)"), lp)
             log.warning("%s; resizing the label (nearest)", msg)
             label = cv2.resize(label, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
         return image, label
@@ -225,7 +238,17 @@ class CityscapesDataset(SegDataset):
                 vals = np.unique(label[bad])[:10].tolist()
                 raise DataError(f"labelTrainIds file {path} holds values {vals} outside 0..18 and 255", path)
             return label
-        return read_label(path, CITYSCAPES_LUT)
+        return _read_labelids(path)
+
+
+def _read_labelids(path: Path) -> np.ndarray:
+    """A Cityscapes/GTA5 labelIds file as trainIds; ids outside the Cityscapes label set are an error."""
+    raw = read_label(path)
+    bad = invalid_ids(raw, CITYSCAPES_VALID_IDS)
+    if bad:
+        raise DataError(f"label {path} holds ids {bad} that are not Cityscapes labelIds (0..34, 255); is it a "
+                        "trainId or colour map?", path)
+    return map_labels(raw, CITYSCAPES_LUT)
 
 
 # --------------------------------------------------------------------------------------- GTA5
@@ -234,8 +257,9 @@ class GTA5Dataset(SegDataset):
 
     Labels are single-channel (palette) PNGs of Cityscapes labelIds, mapped through
     :data:`CITYSCAPES_LUT`. Missing ids are fine (pairs are matched by name); an image whose label is
-    missing is skipped with a warning; a label whose size differs from its image is resized
-    (nearest) with a warning. ``split`` is recorded but all pairs are used.
+    missing is an error (``on_error='skip'``: skipped with a warning); a label whose size differs from
+    its image is resized (nearest) with a warning if the aspect ratios agree within 2% (the real
+    download has such pairs), else an error. ``split`` is recorded but all pairs are used.
     """
 
     kind = "gta5"
@@ -245,11 +269,11 @@ class GTA5Dataset(SegDataset):
                  max_items: Optional[int] = None, on_error: str = "raise"):
         root = Path(root)
         names, image_paths, label_paths = _pair_by_stem(
-            root / "images", root / "labels" if labelled else None, "GTA5")
+            root / "images", root / "labels" if labelled else None, "GTA5", on_error)
         super().__init__(root, split, labelled, names, image_paths, label_paths, max_items, on_error)
 
     def _read_label_file(self, path: Path) -> np.ndarray:
-        return read_label(path, CITYSCAPES_LUT)
+        return _read_labelids(path)
 
 
 # ------------------------------------------------------------------------------------ SYNTHIA
@@ -268,15 +292,16 @@ class SynthiaDataset(SegDataset):
         root = Path(root)
         base = root / "RAND_CITYSCAPES" if (root / "RAND_CITYSCAPES").is_dir() else root
         names, image_paths, label_paths = _pair_by_stem(
-            base / "RGB", base / "GT" / "LABELS" if labelled else None, "SYNTHIA")
+            base / "RGB", base / "GT" / "LABELS" if labelled else None, "SYNTHIA", on_error)
         super().__init__(root, split, labelled, names, image_paths, label_paths, max_items, on_error)
 
     def _read_label_file(self, path: Path) -> np.ndarray:
         return read_synthia_label(path)
 
 
-def _pair_by_stem(img_dir: Path, lbl_dir: Optional[Path], what: str):
-    """Pair ``img_dir/*.png`` with ``lbl_dir/<same name>``; images without label are dropped (warned)."""
+def _pair_by_stem(img_dir: Path, lbl_dir: Optional[Path], what: str, on_error: str = "raise"):
+    """Pair ``img_dir/*.png`` with ``lbl_dir/<same name>``. An image without label is an error naming
+    it; with ``on_error='skip'`` such images are dropped with a warning."""
     _require_dir(img_dir, f"{what} image")
     images = sorted(p for p in img_dir.glob("*.png") if not p.name.startswith("."))
     if not images:
@@ -291,6 +316,9 @@ def _pair_by_stem(img_dir: Path, lbl_dir: Optional[Path], what: str):
     for p in images:
         lp = labels.get(p.name)
         if lp is None:
+            if on_error == "raise":
+                raise DataError(f"{what} image {p} has no label {lbl_dir / p.name} (on_error=skip drops such "
+                                "images with a warning)", p)
             missing.append(p.name)
             continue
         names.append(p.stem)

@@ -23,7 +23,8 @@ from PIL import Image
 from balda.core.errors import DataError
 from balda.core.atomic import atomic_write
 
-from balda.data.labels import IGNORE_INDEX, PALETTE, SYNTHIA_LUT, TRAINID_TO_LABELID, map_labels
+from balda.data.labels import (IGNORE_INDEX, PALETTE, SYNTHIA_LUT, SYNTHIA_VALID_IDS, TRAINID_TO_LABELID, invalid_ids,
+                               map_labels)
 
 PathLike = Union[str, os.PathLike]
 
@@ -125,6 +126,9 @@ def read_synthia_label(path: PathLike) -> np.ndarray:
         if arr.shape[2] < 3:
             raise DataError(f"SYNTHIA label {path} has {arr.shape[2]} channels; expected 3 (BGR)", path)
         arr = arr[:, :, 2]
+    bad = invalid_ids(arr, SYNTHIA_VALID_IDS)
+    if bad:
+        raise DataError(f"SYNTHIA label {path} holds class ids {bad} that SYNTHIA does not define (0..22)", path)
     return map_labels(arr, SYNTHIA_LUT)
 
 

@@ -115,3 +115,25 @@ def colorize(label: np.ndarray) -> np.ndarray:
     pal = np.zeros((256, 3), dtype=np.uint8)
     pal[:NUM_CLASSES] = PALETTE
     return pal[np.asarray(label).astype(np.uint8)]
+
+
+#: Raw ids a Cityscapes/GTA5 ``labelIds`` file may hold: the Cityscapes label ids 0..33 (19 train
+#: classes and the void ids), 34 (listed among the void ids by the datasets' conventions) and 255
+#: (license plate, -1, as stored in uint8).
+CITYSCAPES_VALID_IDS: frozenset[int] = frozenset([*range(35), 255])
+#: Raw class ids a SYNTHIA-RAND-CITYSCAPES label may hold (0 void .. 22).
+SYNTHIA_VALID_IDS: frozenset[int] = frozenset(range(23))
+
+
+def invalid_ids(raw: np.ndarray, valid: frozenset[int]) -> list[int]:
+    """The values of ``raw`` outside ``valid`` (at most 10, sorted; ``[]`` if all are valid). One
+    lookup-table pass over the map; ``np.unique`` only runs when something is invalid."""
+    arr = np.asarray(raw)
+    hi = int(arr.max(initial=0))
+    table = np.zeros(max(hi, max(valid)) + 1, dtype=bool)
+    table[list(valid)] = True
+    ok = table[np.clip(arr.astype(np.int64, copy=False), 0, None)] & (arr >= 0)
+    if ok.all():
+        return []
+    return [int(v) for v in np.unique(arr[~ok])[:10]]
+

@@ -12,6 +12,7 @@ IoU over the chosen view, pixel accuracy). Predictions can be exported as Citysc
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from balda.core.errors import DataError
 from balda.core.progress import progress_bar
 from balda.data.labels import NUM_CLASSES, get_view
 from balda.engine.export import cityscapes_official_eval, export_prediction
@@ -38,12 +40,24 @@ __all__ = [
 ]
 
 
-def _batches(n: int, batch_size: int, load) -> Any:
+log = logging.getLogger("balda.eval")
+
+
+def _batches(n: int, batch_size: int, load, skip_errors: bool = False, skipped: Optional[list] = None) -> Any:
     """Yield lists of (index, image, label) of at most ``batch_size`` items with equal image and
-    label shapes (a shape change flushes the batch)."""
+    label shapes (a shape change flushes the batch). With ``skip_errors`` an unreadable item is
+    logged, appended to ``skipped`` and left out instead of raising."""
     batch: list = []
     for i in range(n):
-        image, label = load(i)
+        try:
+            image, label = load(i)
+        except DataError as e:
+            if not skip_errors:
+                raise
+            log.warning("evaluation: skipping unreadable item %d: %s", i, e)
+            if skipped is not None:
+                skipped.append(i)
+            continue
         if batch and (batch[0][1].shape != image.shape or batch[0][2].shape != label.shape):
             yield batch
             batch = []
@@ -73,8 +87,10 @@ def evaluate(
     predicted with ``eval_cfg.mode`` (``whole`` at ``eval_cfg.size``, or ``slide`` with
     ``eval_cfg.crop``/``eval_cfg.stride``, after resizing to ``eval_cfg.size`` if set), upsampled to
     the label's full resolution, and one confusion matrix is accumulated on ``device``.
-    ``eval_cfg.max_images`` limits the number of images. The model runs in eval mode under
-    ``torch.inference_mode`` and its previous train/eval mode is restored afterwards.
+    ``eval_cfg.max_images`` limits the number of images. An unreadable image or label raises
+    :class:`DataError` naming the file, unless the split has ``on_error='skip'``: then it is logged
+    and left out of the confusion matrix (``metrics.json`` of an export records the skipped count).
+    The model runs in eval mode under ``torch.inference_mode`` and its previous train/eval mode is restored afterwards.
 
     With ``export_dir``: predictions are written by :func:`export_prediction` and the metrics to
     ``<export_dir>/metrics.json``.
@@ -90,8 +106,10 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
+        skipped: list[int] = []
+        skip = getattr(dataset, "on_error", "raise") == "skip"
         with torch.inference_mode(), progress_bar("Evaluating", n, progress) as bar:
-            for batch in _batches(n, batch_size, dataset.load):
+            for batch in _batches(n, batch_size, dataset.load, skip, skipped):
                 x = normalize_images([b[1] for b in batch], mean, std, device)
                 y = torch.from_numpy(np.stack([np.asarray(b[2]) for b in batch])).to(device).long()
                 logits = predict_logits(
@@ -119,6 +137,7 @@ def evaluate(
         out = Path(export_dir)
         out.mkdir(parents=True, exist_ok=True)
         d = metrics.to_dict()
-        d["num_images"] = n
+        d["num_images"] = n - len(skipped)
+        d["skipped_images"] = len(skipped)
         (out / "metrics.json").write_text(json.dumps(d, indent=2))
     return metrics

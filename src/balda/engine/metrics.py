@@ -95,6 +95,9 @@ class Metrics:
 
     ``iou``, ``recall`` and ``precision`` are (K,) float arrays over *all* K classes (NaN where
     undefined, see the module docstring); the scalar summaries average over ``view.class_ids``.
+
+    Every value is a **fraction** in [0, 1] (``miou = 0.452``); the tables balda prints
+    (:meth:`format_table`, ``balda bench`` summaries, the README) show the same numbers in percent.
     """
 
     confusion: np.ndarray

@@ -40,7 +40,7 @@ def write_run_plots(run_dir: str | Path, metrics, records: list[dict]) -> list[P
         }
         written.append(plots.plot_curves(series, out / "losses.png", "training losses", "iteration", "loss"))
     evals = [r for r in records if r.get("kind") == "eval"]
-    if evals:
+    if len(evals) > 1:  # a curve needs two evaluations (train.eval_every > 0); the final one is class_iou.png
         series = {
             k[5:]: (
                 [r["step"] for r in evals if r.get(k) is not None],
