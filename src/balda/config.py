@@ -300,6 +300,8 @@ class ActiveConfig:
 
 @dataclass
 class Config:
+    #: The prediction problem (:mod:`balda.engine.tasks`): segmentation, classification, panoptic.
+    task: str = "segmentation"
     name: str = "run"
     out_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)

@@ -26,7 +26,7 @@ log = logging.getLogger("balda.registry")
 T = TypeVar("T")
 
 #: Modules holding the built-in entries of every registry (imported once, on the first look-up).
-BUILTIN_MODULES = ("balda.methods", "balda.active")
+BUILTIN_MODULES = ("balda.methods", "balda.active", "balda.engine.tasks")
 #: Entry-point group of third-party plugins (each entry point names a module to import).
 PLUGIN_GROUP = "balda.plugins"
 
@@ -181,3 +181,28 @@ def register_bench(*entries: BenchEntry) -> None:
     """Add catalogue entries to ``balda bench`` (in table order)."""
     for e in entries:
         BENCH.add(e.name, e, replace=True)
+
+
+# ------------------------------------------------------------------------------------------ tasks
+@dataclass(frozen=True)
+class TaskSpec:
+    """A prediction problem: the builders the trainer calls (each receives the whole config)."""
+
+    name: str
+    #: ``build_model(cfg) -> nn.Module`` (outputs with ``.logits`` and ``.features``)
+    build_model: Callable[[Any], Any]
+    #: ``build_dataset(dataset_cfg) -> dataset`` (the validation split; class statistics)
+    build_dataset: Callable[[Any], Any]
+    #: ``build_loader(cfg, start_step, **strategy.loader_options()) -> iterator of batches``
+    build_loader: Callable[..., Any]
+    #: ``evaluate(model, dataset, cfg, device, progress, export_dir) -> metrics``
+    evaluate: Callable[..., Any]
+    #: ``class_counts(dataset, cfg, progress) -> (K,) counts`` for prior-based class weights, or None
+    class_counts: Callable[..., Any] | None = None
+
+
+TASKS: Registry[TaskSpec] = Registry("task")
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    return TASKS.add(spec.name, spec, replace=True)

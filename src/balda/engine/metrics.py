@@ -203,6 +203,23 @@ class Metrics:
         ids = np.asarray(list(class_ids), dtype=np.int64)
         return _nanmean(self.recall[ids]) if ids.size else float("nan")
 
+    # ---- the task interface (balda.engine.tasks)
+    @property
+    def score(self) -> float:
+        """The number runs are compared by (``best.pt``): mIoU over the view."""
+        return self.miou
+
+    def summary(self) -> dict[str, float]:
+        """The scalars logged as ``eval/*``: mIoU, min-class IoU, pixel accuracy, mean recall and
+        the mean recall of the ``rare_k`` rarest classes (all fractions)."""
+        return {
+            "miou": self.miou,
+            "min_iou": self.min_iou,
+            "acc": self.acc,
+            "mean_recall": self.mean_recall,
+            "rare_recall": self.rare_recall(),
+        }
+
     # ---- export
     def to_dict(self) -> dict:
         """JSON-friendly summary (fractions in [0, 1], NaN -> None) with per-class dicts by name."""

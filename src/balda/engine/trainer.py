@@ -97,11 +97,12 @@ class Trainer:
     ):
         from balda.balancing.class_weights import build_weighting
         from balda.balancing.combine import build_combiner
-        from balda.data.datasets import build_dataset
+        from balda.core.registry import TASKS
         from balda.methods import build_strategy
-        from balda.models import build_model
 
         self.cfg = cfg
+        #: The prediction problem (:mod:`balda.engine.tasks`): model, data, loader and evaluation.
+        self.task = TASKS.get(cfg.task, "task")
         self.run_dir = cfg.run_dir
         self.is_main = dist.is_main()
         self.device = resolve_device(cfg.train.device)
@@ -111,7 +112,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
 
         resume_from = self._resume_path(resume)
-        self.model = build_model(cfg.model)
+        self.model = self.task.build_model(cfg)
         if cfg.model.init and resume_from is None:  # a resumed run loads its own weights
             from balda.models.weights import load_segmentor
 
@@ -119,17 +120,18 @@ class Trainer:
         self.model = self.model.to(self.device)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.source_ds = build_dataset(cfg.data.source)
-        self.val_ds = build_dataset(cfg.data.val)
+        self.val_ds = self.task.build_dataset(cfg.data.val)
         counts = None
         if cfg.balancing.class_weights in ("inverse_freq", "class_balanced"):
-            from balda.data.stats import class_pixel_counts
-
-            counts = dist.main_first(
-                lambda: class_pixel_counts(  # rank 0 fills the cache, the others read it
-                    self.source_ds, cfg.model.num_classes, progress=self.progress and self.is_main
+            if self.task.class_counts is None:
+                raise ConfigError(
+                    f"'balancing.class_weights': {cfg.balancing.class_weights} needs class statistics, "
+                    f"which the {cfg.task} task does not provide"
                 )
-            ).sum(0)
+            source = self.task.build_dataset(cfg.data.source)
+            counts = dist.main_first(  # rank 0 fills the cache, the others read it
+                lambda: self.task.class_counts(source, cfg, progress=self.progress and self.is_main)
+            )
         weighting = build_weighting(cfg.balancing, cfg.model.num_classes, counts)
         self.strategy = build_strategy(cfg, self.model, weighting).to(self.device)
         self.optimizer, self.scheduler = build_optimizer(
@@ -199,9 +201,7 @@ class Trainer:
             )
 
     def _loader(self):
-        from balda.data.loaders import build_train_loader
-
-        return build_train_loader(self.cfg, start_step=self.step, **self.strategy.loader_options())
+        return self.task.build_loader(self.cfg, start_step=self.step, **self.strategy.loader_options())
 
     def reset_loader(self) -> None:
         """Rebuild the training loader before the next step (a hook changed what it draws)."""
@@ -374,18 +374,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- evaluation
     def evaluate(self, export_dir: Optional[Path] = None):
-        from balda.engine.evaluation import evaluate
-
-        return evaluate(
+        """The task's evaluation of the model to evaluate (:meth:`Strategy.eval_model`) on the val split."""
+        return self.task.evaluate(
             self.strategy.eval_model(self.model),
             self.val_ds,
-            self.cfg.eval,
-            self.cfg.data.mean,
-            self.cfg.data.std,
-            device=self.device,
-            export_dir=export_dir,
+            self.cfg,
+            self.device,
             progress=self.progress and self.is_main,
-            num_classes=self.cfg.model.num_classes,
+            export_dir=export_dir,
         )
 
     def eval_and_track(self, final: bool = False):
@@ -396,17 +392,9 @@ class Trainer:
         if metrics is None:
             dist.barrier()
             return None
-        rare = metrics.rarest(self.cfg.eval.rare_k)
-        rec = {
-            "miou": metrics.miou,
-            "min_iou": metrics.min_iou,
-            "acc": metrics.acc,
-            "mean_recall": metrics.mean_recall,
-            "rare_recall": metrics.rare_recall(rare),
-        }
-        logger.write(self.step, {f"eval/{k}": v for k, v in rec.items()}, kind="eval")
-        if metrics.miou > self.best_miou:
-            self.best_miou = metrics.miou
+        logger.write(self.step, {f"eval/{k}": v for k, v in metrics.summary().items()}, kind="eval")
+        if metrics.score > self.best_miou:  # the best score so far (mIoU for segmentation)
+            self.best_miou = metrics.score
             self.save("best.pt")
             atomic_write_text(
                 self.run_dir / "best_metrics.json", json.dumps({"step": self.step, **metrics.to_dict()}, indent=1)
