@@ -89,7 +89,7 @@ def time_strategy(cfg, device, steps: int, warmup: int, batches, prepared=None) 
     if cfg.method.name == "cpsl":
         cfg = replace(cfg, method=replace(cfg.method, cpsl=replace(cfg.method.cpsl, prepared=str(prepared))))
     strategy = build_strategy(cfg, model, build_weighting(cfg.balancing, cfg.model.num_classes, None)).to(device)
-    extra = [p for p in strategy.parameters() if p.requires_grad and not getattr(p, "_balda_own_opt", False)]
+    extra = strategy.optimized_with_model()
     opt, sched = build_optimizer(model, cfg.optim, 10**6, extra=extra)
     params = [p for g in opt.param_groups for p in g["params"]]
     shared = [
@@ -122,7 +122,7 @@ def time_strategy(cfg, device, steps: int, warmup: int, batches, prepared=None) 
 
 def make_cpsl_prepared(cfg, device, tmp: Path) -> Path:
     """A prepared CPSL folder for timing: soft labels of random images from a random model."""
-    from balda.methods.cpsl_prepare import prepare_cpsl
+    from balda.methods.cpsl.prepare import prepare_cpsl
     from balda.models import build_model
 
     class Fake:

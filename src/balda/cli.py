@@ -106,6 +106,10 @@ def _cmd_generate(args) -> int:
     summary = generate_streets(
         Path(args.out),
         size=tuple(args.size),
+        source_size=None if args.source_size is None else tuple(args.source_size),
+        target_size=None if args.target_size is None else tuple(args.target_size),
+        source_format=args.source_format,
+        quirks=args.quirks,
         n_source=args.n_source,
         n_target_train=args.n_target_train,
         n_target_val=args.n_target_val,
@@ -311,17 +315,47 @@ def _export_parser() -> argparse.ArgumentParser:
 
 
 def _generate_parser() -> argparse.ArgumentParser:
-    from balda.data.streets import DEFAULT_SHIFT, PROFILES
+    from balda.data.streets import DEFAULT_SHIFT, PROFILES, SOURCE_FORMATS
 
     p = _parser(
         "generate streets",
         "generate the embedded two-domain street benchmark",
-        "Write the procedural benchmark: a GTA5-format source and a Cityscapes-format target (train and "
-        "val), deterministic from --seed, with meta.json and sample pages. A complete folder generated "
-        "with the same parameters is reused.",
+        "Write the procedural benchmark: a GTA5- or SYNTHIA-format source and a Cityscapes-format target "
+        "(train and val), deterministic from --seed, with meta.json and sample pages. A complete folder "
+        "generated with the same parameters is reused.",
     )
     p.add_argument("--out", default="data/streets", help="output folder")
-    p.add_argument("--size", type=int, nargs=2, default=[128, 256], metavar=("H", "W"), help="image size")
+    p.add_argument(
+        "--size", type=int, nargs=2, default=[128, 256], metavar=("H", "W"), help="image size of both domains"
+    )
+    p.add_argument(
+        "--source-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="source image size (default: --size), e.g. 1052 1914 (GTA5) or 760 1280 (SYNTHIA)",
+    )
+    p.add_argument(
+        "--target-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="target image size (default: --size), e.g. 1024 2048 (Cityscapes)",
+    )
+    p.add_argument(
+        "--source-format",
+        default="gta5",
+        choices=SOURCE_FORMATS,
+        help="source layout: gta5 (images/, labels/) or synthia (RAND_CITYSCAPES/RGB, GT/LABELS: 16-bit PNGs)",
+    )
+    p.add_argument(
+        "--quirks",
+        action="store_true",
+        help="like the real GTA5 download: two source images two rows shorter and one label a few pixels "
+        "smaller than its image (the loader resizes it with a warning)",
+    )
     p.add_argument("--n-source", type=int, default=600, help="source images")
     p.add_argument("--n-target-train", type=int, default=300, help="target train images")
     p.add_argument("--n-target-val", type=int, default=100, help="target val images")

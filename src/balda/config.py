@@ -131,7 +131,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: Literal["none", "fp16", "bf16"] = "none"
+    #: Keep images and the model in channels-last memory format (faster convolutions on recent GPUs).
     channels_last: bool = False
+    #: ``torch.compile`` the segmentor in place (``nn.Module.compile``: checkpoints keep their keys).
+    compile: bool = False
     log_every: int = 50
     eval_every: int = 4000
     ckpt_every: int = 2000

@@ -283,3 +283,123 @@ def test_generator_version_is_2_and_profiles():
     assert set(streets.PROFILES) == {"cityscapes", "balanced", "hard"}
     img, lab = render_scene(np.random.default_rng(0), "source", (48, 96), profile="hard")
     assert img.shape == (48, 96, 3)
+
+
+# ------------------------------------------------------------- real shapes: sizes, SYNTHIA, quirks
+TWO_SIZES = dict(size=(32, 64), source_size=(40, 72), n_source=2, n_target_train=2, n_target_val=1, seed=3)
+
+
+def test_default_params_and_explicit_defaults_unchanged(small_bench, tmp_path):
+    # the default output keeps the keys of earlier folders (so they stay reusable) ...
+    out, summary = small_bench
+    meta = json.loads((out / "meta.json").read_text())
+    assert set(meta["params"]) == {"size", "n_source", "n_target_train", "n_target_val", "seed", "shift",
+                                   "profile", "version"}
+    assert "quirks" not in summary
+    # ... and spelling the defaults out writes the same bytes
+    other = tmp_path / "explicit"
+    generate_streets(other, progress=False, workers=1, source_size=SMALL["size"], target_size=SMALL["size"],
+                     source_format="gta5", quirks=False, **SMALL)
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(other) for p in other.rglob("*") if p.is_file())
+    for rel in files:
+        assert (out / rel).read_bytes() == (other / rel).read_bytes(), rel
+
+
+def test_separate_source_and_target_sizes(tmp_path):
+    from balda.data.datasets import CityscapesDataset, GTA5Dataset
+
+    out = tmp_path / "b"
+    s = generate_streets(out, progress=False, workers=1, **TWO_SIZES)
+    assert s["params"]["source_size"] == [40, 72] and s["params"]["target_size"] == [32, 64]
+    assert "size" not in s["params"]
+    src = GTA5Dataset(out / "source")
+    assert all(src.load(i)[0].shape == (40, 72, 3) for i in range(len(src)))
+    for split in ("train", "val"):
+        tgt = CityscapesDataset(out / "target", split)
+        assert all(tgt.load(i)[1].shape == (32, 64) for i in range(len(tgt)))
+    img, lab = render_scene(image_rng(3, "source", 1), "source", (40, 72))
+    assert np.array_equal(src.load(1)[0], img) and np.array_equal(src.load(1)[1], lab)
+    assert Image.open(out / "samples_source.png").size[1] > Image.open(out / "samples_target.png").size[1]
+    assert streets_exists(out, **TWO_SIZES)
+    assert streets_exists(out, **{**TWO_SIZES, "size": (1, 1), "target_size": (32, 64)})   # same sizes, spelt apart
+    assert not streets_exists(out, **{**TWO_SIZES, "source_size": (32, 64)})
+    assert generate_streets(out, progress=False, **TWO_SIZES)["reused"]
+
+
+def test_synthia_format_read_by_synthia_dataset(tmp_path):
+    import cv2
+
+    from balda.data.datasets import SynthiaDataset
+    from balda.data.labels import TRAINID_TO_SYNTHIA
+
+    out = tmp_path / "syn"
+    params = {**TWO_SIZES, "n_source": 3, "source_format": "synthia"}
+    s = generate_streets(out, progress=False, workers=1, **params)
+    assert s["params"]["source_format"] == "synthia"
+    base = out / "source" / "RAND_CITYSCAPES"
+    names = [f"{i:07d}.png" for i in range(3)]
+    assert sorted(p.name for p in (base / "RGB").iterdir()) == names
+    assert sorted(p.name for p in (base / "GT" / "LABELS").iterdir()) == names
+    assert not (out / "source" / "images").exists()
+    raw = cv2.imread(str(base / "GT" / "LABELS" / names[2]), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16 and raw.shape == (40, 72, 3)
+    assert not raw[..., :2].any()                                      # G and B (instance channels) are 0
+    img, lab = render_scene(image_rng(3, "source", 2), "source", (40, 72))
+    assert set(np.unique(raw[..., 2])) <= set(TRAINID_TO_SYNTHIA) | {0}
+    assert np.array_equal(raw[..., 2] == 0, lab == IGNORE_INDEX)
+    ds = SynthiaDataset(out / "source")
+    assert len(ds) == 3 and ds.names == [n[:-4] for n in names]
+    got_img, got_lab = ds.load(2)
+    assert np.array_equal(got_img, img) and np.array_equal(got_lab, lab)
+    assert streets_exists(out, **params) and not streets_exists(out, **{**params, "source_format": "gta5"})
+
+
+def test_quirks_read_by_gta5_dataset_with_a_warning(tmp_path, caplog):
+    import logging
+
+    from balda.data.datasets import GTA5Dataset
+
+    out = tmp_path / "q"
+    params = {**TWO_SIZES, "n_source": 5, "quirks": True}
+    s = generate_streets(out, progress=False, workers=1, **params)
+    assert s["params"]["quirks"] is True
+    odd = {p.split("/")[-1][:-4] for p in s["quirks"]["odd_size"]}
+    (resized,) = {p.split("/")[-1][:-4] for p in s["quirks"]["label_size"]}
+    assert len(odd) == 2 and resized not in odd
+    ds = GTA5Dataset(out / "source")
+    with caplog.at_level(logging.WARNING, logger="balda.data"):
+        shapes = {name: ds.load(i) for i, name in enumerate(ds.names)}
+    warned = [r.getMessage() for r in caplog.records if "resizing the label" in r.getMessage()]
+    assert len(warned) == 1 and f"labels/{resized}.png" in warned[0]
+    for name, (img, lab) in shapes.items():
+        assert img.shape[:2] == lab.shape == ((38, 72) if name in odd else (40, 72)), name
+    raw = Image.open(out / "source" / "labels" / f"{resized}.png")
+    assert raw.size[0] < 72 and raw.size[1] < 40
+    assert abs(raw.size[0] / raw.size[1] / (72 / 40) - 1) < 0.02
+    # deterministic, and not without quirks
+    again = generate_streets(tmp_path / "q2", progress=False, workers=1, **params)
+    assert again["quirks"] == s["quirks"]
+    assert not streets_exists(out, **{**params, "quirks": False})
+
+
+def test_new_options_reject_bad_values(tmp_path):
+    from balda.core.errors import ConfigError
+
+    for bad in ({"source_format": "cityscapes"}, {"source_format": "synthia", "quirks": True},
+                {"source_size": (0, 64)}, {"target_size": (32,)}):
+        with pytest.raises(ConfigError):
+            generate_streets(tmp_path / "x", progress=False, workers=1, **{**TWO_SIZES, **bad})
+
+
+def test_cli_generate_sizes_and_synthia(tmp_path, capsys):
+    from balda.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["generate", "streets", "--out", str(out), "--size", "32", "64", "--source-size", "40", "72",
+               "--source-format", "synthia", "--n-source", "2", "--n-target-train", "1", "--n-target-val", "1",
+               "--no-progress"])
+    assert rc == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["params"]["source_size"] == [40, 72] and meta["params"]["target_size"] == [32, 64]
+    assert len(list((out / "source" / "RAND_CITYSCAPES" / "RGB").glob("*.png"))) == 2

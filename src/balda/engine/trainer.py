@@ -120,6 +120,8 @@ class Trainer:
         self.model = self.model.to(self.device)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.train.compile:
+            self.model.compile()
         self.val_ds = self.task.build_dataset(cfg.data.val)
         counts = None
         if cfg.balancing.class_weights in ("inverse_freq", "class_balanced"):
@@ -291,6 +293,10 @@ class Trainer:
         model = self.ddp_model or self.model
         model.train()
         batch = _to_device(batch, self.device)
+        if self.cfg.train.channels_last:
+            for part in batch.values():
+                if isinstance(part, dict) and isinstance(part.get("image"), torch.Tensor) and part["image"].dim() == 4:
+                    part["image"] = part["image"].contiguous(memory_format=torch.channels_last)
         # BatchNorm running statistics change during the forward pass: keep a copy so that a
         # step with a non-finite loss leaves the whole model state (not only the weights) intact.
         buffers = list(self.model.buffers())

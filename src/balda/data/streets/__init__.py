@@ -5,10 +5,17 @@ library must be demonstrable in minutes on a CPU. This module draws driving scen
 labels in the canonical 19 Cityscapes trainIds and writes them in the *real* on-disk formats, so the
 normal GTA5 and Cityscapes loaders read them unchanged:
 
-* **source** (GTA5 format): ``source/images/NNNNN.png`` (RGB) and ``source/labels/NNNNN.png``
-  (palette PNG whose values are Cityscapes labelIds, unlabelled = 0);
+* **source** (GTA5 format, the default): ``source/images/NNNNN.png`` (RGB) and ``source/labels/NNNNN.png``
+  (palette PNG whose values are Cityscapes labelIds, unlabelled = 0); or (``source_format='synthia'``,
+  SYNTHIA-RAND-CITYSCAPES format) ``source/RAND_CITYSCAPES/RGB/NNNNNNN.png`` and
+  ``source/RAND_CITYSCAPES/GT/LABELS/NNNNNNN.png`` (16-bit 3-channel PNG, SYNTHIA class id in R);
 * **target** (Cityscapes format): ``target/leftImg8bit/{train,val}/<city>/<stem>_leftImg8bit.png``
   and ``target/gtFine/{train,val}/<city>/<stem>_gtFine_labelIds.png`` (8-bit labelIds).
+
+Each domain has its own size (``source_size``, ``target_size``; default 128x256 for both), so the
+real shapes (GTA5 1052x1914, SYNTHIA 760x1280, Cityscapes 1024x2048; about a second per image on a
+CPU core) exercise the real-data recipes, and ``quirks=True`` adds the irregular sizes of the real
+GTA5 download (:func:`generate_streets`).
 
 What a scene contains and why
 -----------------------------
@@ -61,12 +68,33 @@ Entry points: :func:`render_scene` (one image), :func:`generate_streets` (the fo
 Every image gets its own seed derived from ``(seed, domain, index)``, so the output is byte-identical
 whatever the number of worker processes.
 """
+
 from __future__ import annotations
 
 from .render import image_rng, render_scene
-from .style import PROFILES, domain_priors, domain_style
-from .style import DEFAULT_SHIFT
-from .writer import GENERATOR, GENERATOR_VERSION, TARGET_CITIES, generate_streets, load_streets_meta, streets_exists
+from .style import DEFAULT_SHIFT, PROFILES, domain_priors, domain_style
+from .writer import (
+    GENERATOR,
+    GENERATOR_VERSION,
+    SOURCE_FORMATS,
+    TARGET_CITIES,
+    generate_streets,
+    load_streets_meta,
+    streets_exists,
+)
 
-__all__ = ["generate_streets", "streets_exists", "render_scene", "image_rng", "domain_style",
-           "domain_priors", "PROFILES", "DEFAULT_SHIFT", "TARGET_CITIES", "GENERATOR", "GENERATOR_VERSION", "load_streets_meta"]
+__all__ = [
+    "generate_streets",
+    "streets_exists",
+    "render_scene",
+    "image_rng",
+    "domain_style",
+    "domain_priors",
+    "PROFILES",
+    "DEFAULT_SHIFT",
+    "TARGET_CITIES",
+    "GENERATOR",
+    "GENERATOR_VERSION",
+    "load_streets_meta",
+    "SOURCE_FORMATS",
+]
