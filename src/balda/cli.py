@@ -139,6 +139,7 @@ def _cmd_demo(args) -> int:
         seeds=args.seeds,
         progress=not args.no_progress,
         jobs=args.jobs,
+        iters=args.iters,
     )
     return 0
 
@@ -379,6 +380,8 @@ def _generate_parser() -> argparse.ArgumentParser:
 
 
 def _demo_parser() -> argparse.ArgumentParser:
+    from balda.experiments.catalog import DEMO_ITERS
+
     p = _parser(
         "demo",
         "the main job: generate the benchmark, train and compare the methods",
@@ -391,7 +394,8 @@ def _demo_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     p.add_argument("--methods", nargs="+", default=None, help="subset of the bench catalogue")
     p.add_argument("--seeds", type=int, default=1, help="seeds per method")
-    p.add_argument("--jobs", type=int, default=None, help="cells run at once (default: 2 on >= 2 cores)")
+    p.add_argument("--iters", type=int, default=DEMO_ITERS, help="iterations per run (the bench recipe has 1000)")
+    p.add_argument("--jobs", type=int, default=None, help="cells run at once (None: 2 on >= 2 cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
     return p

@@ -44,6 +44,9 @@ def test_perfect_match():
     assert m.mean("pq", "things") == 1.0 and m.count("things") == 2 and m.count("stuff") == 2
     assert np.isnan(m.pq[1]) and m.to_dict()["per_class"]["sidewalk"]["pq"] is None
     assert "mPQ19" in m.format_table()
+    assert m.score == 1.0 and m.summary() == {"mpq": 1.0, "msq": 1.0, "mrq": 1.0, "mpq_things": 1.0, "mpq_stuff": 1.0}
+    d = m.to_dict()
+    assert d["mpq"] == 1.0 and d["n_things"] == 2 and d["per_class"]["car"]["tp"] == 2
 
 
 def test_one_fp_one_fn():

@@ -4,7 +4,7 @@ Panoptic-DeepLab training targets (Cheng et al., "Panoptic-DeepLab", CVPR 2020) 
 
 * Things (trainIds): person 11, rider 12, car 13, truck 14, bus 15, train 16, motorcycle 17,
   bicycle 18; in the SYNTHIA-16 view truck and train are absent (:func:`thing_ids`).
-* Cityscapes ``*_gtFine_instanceIds.png``: a 16/32-bit single-channel PNG; ``id < 1000`` is the
+* Cityscapes ``*_gtFine_instanceIds.png``: a 16-bit greyscale PNG (PIL mode 'I' or 'I;16'); ``id < 1000`` is the
   labelId of a stuff region or of a crowd ("group") region of a thing class, ``id >= 1000`` is
   ``labelId * 1000 + index`` of one instance (index from 0).
 * SYNTHIA ``GT/LABELS``: 16-bit 3-channel PNGs; the class is the first (R) channel and, per the

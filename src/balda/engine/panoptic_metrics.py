@@ -88,7 +88,7 @@ def pq_stats(
     cand = (~g_void & ~g_crowd)[:, None] & ~p_void[None, :] & (g_cls[:, None] == p_cls[None, :]) & (inter > 0)
     union = p_area[None, :] + g_area[:, None] - inter - void_p[None, :]
     iou = np.where(cand, inter / np.maximum(union, 1), 0.0)
-    match = cand & (iou >= 0.49)
+    match = cand & (iou > 0.5)
     gi, pi = np.nonzero(match)
     tp = np.bincount(g_cls[gi], minlength=k_cls)
     iou_sum = np.bincount(g_cls[gi], weights=iou[gi, pi], minlength=k_cls).astype(np.float64)
@@ -177,6 +177,22 @@ class PanopticMetrics:
     @property
     def mrq(self) -> float:
         return self.mean("rq")
+
+    # ---- the task interface (balda.engine.tasks)
+    @property
+    def score(self) -> float:
+        """The number runs are compared by (``best.pt``): mPQ over the view."""
+        return self.mpq
+
+    def summary(self) -> dict[str, float]:
+        """The scalars logged as ``eval/*``: mPQ / mSQ / mRQ and the things / stuff mPQ (fractions)."""
+        return {
+            "mpq": self.mpq,
+            "msq": self.msq,
+            "mrq": self.mrq,
+            "mpq_things": self.mean("pq", "things"),
+            "mpq_stuff": self.mean("pq", "stuff"),
+        }
 
     def _names(self) -> tuple[str, ...]:
         return CLASS_NAMES if self.num_classes == NUM_CLASSES else tuple(f"class_{i}" for i in range(self.num_classes))
