@@ -27,7 +27,7 @@ from balda.core.errors import ConfigError
 # --------------------------------------------------------------------------------------------- data
 @dataclass
 class DatasetConfig:
-    """One dataset split on disk (formats in specs/datasets.md)."""
+    """One dataset split on disk (formats in docs/datasets.md)."""
 
     kind: Literal["cityscapes", "gta5", "synthia"] = "cityscapes"
     root: str = ""
@@ -44,7 +44,7 @@ class DatasetConfig:
 
 @dataclass
 class RCSConfig:
-    """Rare Class Sampling on the source (specs/baselines.md, DAFormer)."""
+    """Rare Class Sampling on the source (docs/baselines.md, DAFormer)."""
 
     enabled: bool = False
     temperature: float = 0.01
@@ -115,6 +115,9 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     #: Polynomial decay power (lr = base * (1 - it/iters)^power after warm-up).
     power: float = 0.9
+    #: Length of the learning-rate schedule when it differs from ``train.iters`` (RIPU: a 62.5k
+    #: schedule stopped at 40k iterations); null = ``train.iters``.
+    schedule_iters: Optional[int] = None
     warmup_iters: int = 0
     warmup_ratio: float = 1e-6
     #: Learning-rate multiplier of the decode head (DAFormer: 10).
@@ -237,7 +240,7 @@ def _method_dict(m: MethodConfig) -> dict:
 # ---------------------------------------------------------------------------------------- balancing
 @dataclass
 class GBWConfig:
-    """Gradient-based class weighting (specs/gbw.md)."""
+    """Gradient-based class weighting (docs/gbw.md)."""
 
     mode: Literal["faithful", "scale_free"] = "faithful"
     #: QP regulariser: absolute in ``faithful`` mode, relative to mean g^2 in ``scale_free`` mode.
@@ -248,7 +251,7 @@ class GBWConfig:
 
 @dataclass
 class GHConfig:
-    """Gradient harmonization (specs/gh.md)."""
+    """Gradient harmonization (docs/gh.md)."""
 
     #: Harmonic range k of GH++ (beta = k * beta_max).
     harmonic_range: float = 0.5
@@ -410,6 +413,7 @@ _CHECKS: dict[type, dict[str, Any]] = {
         "warmup_ratio": probability,
         "head_lr_mult": positive,
         "grad_clip": optional(positive),
+        "schedule_iters": optional(positive),
     },
     TrainConfig: {
         "iters": positive,

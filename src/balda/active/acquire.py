@@ -1,6 +1,6 @@
 r"""One active-learning round: score the target train set, select, annotate, store.
 
-RIPU (Xie et al., CVPR 2022) and CBDA (Schachtsiek et al., arXiv 2311.14146); specs/active.md.
+RIPU (Xie et al., CVPR 2022) and CBDA (Schachtsiek et al., arXiv 2311.14146); docs/active.md.
 
 :func:`acquire_round` runs the model image by image over the target train set (``dataset.load(i) ->
 (image, label)``, images as raw RGB pixels), upsamples the logits to the label resolution, computes

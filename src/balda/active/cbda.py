@@ -6,7 +6,7 @@ uncertainty x diversity acquisition (RIPU, Xie et al. CVPR 2022) collects more a
 labels as the budget grows, and proposes (i) re-weighting acquisition scores by the class statistics
 of the labels collected so far and (ii) choosing the best regions globally over the target set instead
 of a fixed budget per image. **The exact weighting formula is not public: what follows is balda's own
-design** (specs/active.md), with every choice exposed.
+design** (docs/active.md), with every choice exposed.
 
 1. Class frequencies. After each round ``n_c`` = acquired target pixels with label ``c`` (void
    excluded) and ``f_c = n_c / sum_k n_k``. Before the first round (nothing labelled yet) the

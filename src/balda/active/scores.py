@@ -1,7 +1,7 @@
 r"""Acquisition scores of RIPU: prediction uncertainty and region impurity, on the device.
 
 RIPU: Xie, Yuan, Li, Liu, Cheng, "Towards Fewer Annotations: Active Learning via Region Impurity and
-Prediction Uncertainty for Domain Adaptive Semantic Segmentation", CVPR 2022 (specs/active.md).
+Prediction Uncertainty for Domain Adaptive Semantic Segmentation", CVPR 2022 (docs/active.md).
 Scores are computed from logits upsampled to the label resolution of each target image.
 
 With ``p_i = softmax(z_i)`` over ``K`` classes, ``yhat_i = argmax_c p_ic`` and ``R(i)`` the

@@ -3,7 +3,7 @@ r"""Class weights for the pixel-wise cross-entropy terms: GBW and prior-based ba
 Gradient-based class weighting (GBW)
 ------------------------------------
 Alcover-Couso, Escudero-Vinolo, SanMiguel, Bescos, "Gradient-based Class Weighting for Unsupervised
-Domain Adaptation in Dense Prediction Visual Tasks", 2024 (specs/gbw.md). Weights are re-estimated
+Domain Adaptation in Dense Prediction Visual Tasks", 2024 (docs/gbw.md). Weights are re-estimated
 at every loss evaluation from the gradients of per-class losses, with the quadratic program of
 LOW (Santiago, Barata, Sasdelli, Carneiro, Nascimento, "LOW: Training deep neural networks by
 learning optimal sample weights", Pattern Recognition 2021) applied per class.
@@ -21,13 +21,13 @@ Notation: pixels ``i`` of the batch at label resolution, labels ``y_i`` in ``{0.
 Solution of the QP. Completing the square, the objective equals
 ``lam ||w - (g^2 + lam) / (2 lam)||^2 + const``, so ``w`` is the Euclidean projection of
 ``g^2/(2 lam) + 1/2`` onto ``{w >= 0, sum w = K}``. The projection is invariant to adding a constant to
-every coordinate, hence ``w = proj(g^2 / (2 lam))`` as the spec states. KKT: with a multiplier ``mu``
+every coordinate, hence ``w = proj(g^2 / (2 lam))`` as docs/gbw.md states. KKT: with a multiplier ``mu``
 for the equality and ``nu_c >= 0`` for the bounds, ``2 lam w_c - (g_c^2 + lam) + mu - nu_c = 0``, i.e.
 ``w_c = max(0, (g_c^2 + lam - mu) / (2 lam))``. If no weight is clipped, summing over ``c`` gives
 ``mu = mean_k g_k^2 - lam``, i.e. ``w_c = 1 + (g_c^2 - mean_k g_k^2) / (2 lam)``.
 
 ``faithful`` mode uses ``lam`` as given (the released code: ``lam = 1``). At real batch sizes
-``g_c^2`` is ~1e-6..1e-3, so the weights stay within ~1e-3 of 1 (specs/gbw.md, "known pitfall").
+``g_c^2`` is ~1e-6..1e-3, so the weights stay within ~1e-3 of 1 (docs/gbw.md, "known pitfall").
 ``scale_free`` mode uses ``lam_eff = lam * mean_c g_c^2`` (equivalently ``g^2`` normalised by its mean),
 so the weights move by O(1/lam) whatever the batch size.
 
@@ -80,7 +80,7 @@ def gbw_statistic(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
 
     ``G_{i,c} = s_i (p_{i,c} - Y_{i,c})`` is the gradient of ``sum_c L_c`` with
     ``L_c = -(1/(n_c+1)) sum_{i: y_i=c} log p_{i,c}`` w.r.t. the logits, ``s_i = 1/(n_{y_i}+1)`` for
-    labelled pixels and 0 for ignored ones (Alcover-Couso et al. 2024, specs/gbw.md steps 1-3).
+    labelled pixels and 0 for ignored ones (Alcover-Couso et al. 2024, docs/gbw.md steps 1-3).
 
     Computation, a few elementwise passes over one float buffer, no one-hot, no autograd:
     ``p = exp(log_softmax(z))`` (float32 for half inputs, float64 kept), the label entry zeroed by a
@@ -216,7 +216,7 @@ def gbw_weights(g: torch.Tensor, lam: float = 1.0, mode: str = "faithful") -> to
 
 # ---------------------------------------------------------------------------------------- modules
 class GBW(nn.Module):
-    r"""Gradient-based class weights, recomputed at every call (specs/gbw.md).
+    r"""Gradient-based class weights, recomputed at every call (docs/gbw.md).
 
     ``forward(logits, labels)`` computes ``w_batch = gbw_weights(gbw_statistic(logits, labels), lam,
     mode)`` and returns detached ``(K,)`` float32 weights on the logits' device, to be passed as

@@ -8,7 +8,7 @@ unscaling, with a ``GradScaler``). Two combiners exist:
   terms named in ``StepOutput.task``) and the *alignment* group ``A`` (every other term): GH and
   GH++ (Huang, Song, Zhang, "Gradient Harmonization in Unsupervised Domain Adaptation",
   IEEE TPAMI 2024), the exact GH++ rotation (``gh++exact``) and PCGrad (Yu et al., NeurIPS 2020).
-  Equations in :mod:`balda.balancing.gh` and specs/gh.md.
+  Equations in :mod:`balda.balancing.gh` and docs/gh.md.
 
 Groups and trade-offs
 ---------------------

@@ -6,7 +6,7 @@ References
   2024 -- GH and GH++ (cited below as *Huang et al.*).
 * Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020 -- PCGrad.
 
-Notation (specs/gh.md). ``g_a`` is the gradient of the alignment loss ``L_a`` and ``g_c`` the
+Notation (docs/gh.md). ``g_a`` is the gradient of the alignment loss ``L_a`` and ``g_c`` the
 gradient of the task loss ``L_c`` over the shared parameters, flattened into vectors of one
 layout. ``d = <g_a, g_c>``, ``phi = arccos(d / (||g_a|| ||g_c||))`` in degrees. When ``d >= 0``
 nothing is harmonized and every weight is 1.
@@ -182,7 +182,7 @@ def ghpp_weights(cos: Tensor, k: float = 0.5) -> tuple[Tensor, Tensor]:
 def ghpp_exact_coeffs(
     cos: Tensor, n_1: Tensor, n_2: Tensor, k: float = 0.5, max_angle: float = 179.0
 ) -> tuple[Tensor, Tensor]:
-    """Loss coefficients of the exact GH++ rotation (specs/gh.md, ``gh++exact``).
+    """Loss coefficients of the exact GH++ rotation (docs/gh.md, ``gh++exact``).
 
     ``n_1``, ``n_2`` are the norms ``||g_1||``, ``||g_2||`` (not squared). With ``phi``,
     ``beta_max = phi - 90``, ``beta = k beta_max``, ``gamma = beta_max - beta``::

@@ -29,12 +29,19 @@ class StepOutput:
     terms of the task group (supervised segmentation); every other term is alignment.
     ``logs`` holds detached scalars (tensors kept on the device; the trainer syncs them only when
     it logs).
+
+    For strategies with several optimisation phases per iteration (MCD): ``frozen`` lists the
+    parameters this phase must not update (their gradients are dropped before the optimiser step:
+    torch optimisers skip parameters without a gradient, momentum included); ``shared``, when set,
+    replaces the parameters over which a harmonizing combiner measures the conflict.
     """
 
     losses: dict[str, torch.Tensor]
     weights: dict[str, float] = field(default_factory=dict)
     task: tuple[str, ...] = ("source.ce",)
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    frozen: tuple[torch.nn.Parameter, ...] = ()
+    shared: Optional[tuple[torch.nn.Parameter, ...]] = None
 
     def weight(self, name: str) -> float:
         return self.weights.get(name, 1.0)

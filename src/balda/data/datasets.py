@@ -1,4 +1,4 @@
-"""Segmentation datasets on disk: Cityscapes, GTA5 and SYNTHIA-RAND-CITYSCAPES (specs/datasets.md).
+"""Segmentation datasets on disk: Cityscapes, GTA5 and SYNTHIA-RAND-CITYSCAPES (docs/datasets.md).
 
 A dataset is an indexed list of (image file, label file) pairs, sorted by a stable name (the file
 stem), whose :meth:`SegDataset.load` returns the RGB image (``uint8`` HxWx3) and the label already

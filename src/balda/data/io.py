@@ -1,4 +1,4 @@
-"""Reading and writing images and label maps in the on-disk formats of specs/datasets.md.
+"""Reading and writing images and label maps in the on-disk formats of docs/datasets.md.
 
 * Images: any format PIL reads, returned as ``uint8`` HxWx3 RGB. The pixels are decoded eagerly so a
   truncated file fails here, with the file named, and not later inside a transform.

@@ -1,7 +1,7 @@
 """Label spaces: the canonical 19-class Cityscapes trainId space and the maps into it.
 
 Every dataset is mapped into one canonical space of 19 Cityscapes trainIds (0..18) with
-``IGNORE_INDEX = 255`` (specs/datasets.md). Subsets used by SYNTHIA papers are *evaluation
+``IGNORE_INDEX = 255`` (docs/datasets.md). Subsets used by SYNTHIA papers are *evaluation
 views* over that space (SYNTHIA-16, SYNTHIA-13): classes are never renumbered.
 
 Mapping is a single indexing operation through a 256-entry lookup table (``LUT[ids]``), for

@@ -1,6 +1,6 @@
 """Panoptic labels: thing classes, instance-id readers, the panoptic id encoding, and the
 Panoptic-DeepLab training targets (Cheng et al., "Panoptic-DeepLab", CVPR 2020) used by EDAPS
-(Saha et al., ICCV 2023). See specs/panoptic.md.
+(Saha et al., ICCV 2023). See docs/panoptic.md.
 
 * Things (trainIds): person 11, rider 12, car 13, truck 14, bus 15, train 16, motorcycle 17,
   bicycle 18; in the SYNTHIA-16 view truck and train are absent (:func:`thing_ids`).

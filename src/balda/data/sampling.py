@@ -1,4 +1,4 @@
-"""Rare Class Sampling (RCS, DAFormer; specs/baselines.md).
+"""Rare Class Sampling (RCS, DAFormer; docs/baselines.md).
 
 Given the per-image class pixel counts ``counts`` (N, K) of the source set:
 

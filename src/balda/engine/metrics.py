@@ -1,6 +1,6 @@
 """Semantic-segmentation metrics: the dataset-level confusion matrix and what is read from it.
 
-Protocol (specs/datasets.md, "Evaluation protocol"):
+Protocol (docs/datasets.md, "Evaluation protocol"):
 
 * one confusion matrix ``C`` (K x K, rows = ground truth, columns = prediction) is accumulated over
   the whole split; pixels whose label is ``ignore_index`` (255) are skipped;

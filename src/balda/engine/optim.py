@@ -1,4 +1,4 @@
-"""Optimiser recipes (specs/baselines.md).
+"""Optimiser recipes (docs/baselines.md).
 
 * DeepLabV2: SGD, lr 2.5e-4, momentum 0.9, weight decay 5e-4, poly decay with power 0.9.
 * DAFormer: AdamW, lr 6e-5 (decode head x10), betas (0.9, 0.999), weight decay 0.01 with none on
@@ -58,7 +58,9 @@ def param_groups(model: nn.Module, cfg: OptimConfig, extra: Iterable[torch.nn.Pa
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, iters: int, extra: Iterable[torch.nn.Parameter] = ()):
-    """Return ``(optimizer, scheduler)`` for the recipe in ``cfg`` over ``iters`` iterations."""
+    """Return ``(optimizer, scheduler)`` for the recipe in ``cfg`` over ``iters`` iterations (the
+    schedule spans ``cfg.schedule_iters`` instead when set: a longer schedule stopped early)."""
+    iters = int(cfg.schedule_iters or iters)
     groups = param_groups(model, cfg, extra)
     if cfg.name == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -1,6 +1,6 @@
 """Panoptic quality (Kirillov et al., "Panoptic Segmentation", CVPR 2019), accumulated over a dataset
 exactly as the COCO / Cityscapes panoptic evaluation does (``cityscapesscripts``
-``evalPanopticSemanticLabeling``); specs/panoptic.md.
+``evalPanopticSemanticLabeling``); docs/panoptic.md.
 
 Per image, with ground-truth segments ``g`` and predicted segments ``p`` (balda panoptic ids
 ``trainId * 1000 + k``, :mod:`balda.data.panoptic`; ``k = 0`` of a thing class in the ground truth

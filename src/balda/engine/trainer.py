@@ -122,6 +122,8 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.train.compile:
             self.model.compile()
+        # scanned now so that a missing or empty folder fails before any training (the loader reuses it)
+        self.source_ds = self.task.build_dataset(cfg.data.source)
         self.val_ds = self.task.build_dataset(cfg.data.val)
         counts = None
         if cfg.balancing.class_weights in ("inverse_freq", "class_balanced"):
@@ -130,9 +132,8 @@ class Trainer:
                     f"'balancing.class_weights': {cfg.balancing.class_weights} needs class statistics, "
                     f"which the {cfg.task} task does not provide"
                 )
-            source = self.task.build_dataset(cfg.data.source)
             counts = dist.main_first(  # rank 0 fills the cache, the others read it
-                lambda: self.task.class_counts(source, cfg, progress=self.progress and self.is_main)
+                lambda: self.task.class_counts(self.source_ds, cfg, progress=self.progress and self.is_main)
             )
         weighting = build_weighting(cfg.balancing, cfg.model.num_classes, counts)
         self.strategy = build_strategy(cfg, self.model, weighting).to(self.device)
@@ -290,6 +291,8 @@ class Trainer:
             return self._train_step(batch)
 
     def _train_step(self, batch: dict) -> dict:
+        """One iteration: each optimisation phase of the strategy (one for most methods; MCD has
+        several), then the schedule step and the strategy's post-step hook."""
         model = self.ddp_model or self.model
         model.train()
         batch = _to_device(batch, self.device)
@@ -297,14 +300,27 @@ class Trainer:
             for part in batch.values():
                 if isinstance(part, dict) and isinstance(part.get("image"), torch.Tensor) and part["image"].dim() == 4:
                     part["image"] = part["image"].contiguous(memory_format=torch.channels_last)
+        logs: dict = {}
+        for phase in self.strategy.phases(self.step):
+            if not self._phase(model, batch, phase, logs):
+                return logs  # a skipped non-finite step: no schedule step, no post-step hook
+        self.scheduler.step()
+        if self.ddp_model is not None:  # one set of BatchNorm statistics for every rank and the teacher
+            dist.broadcast_buffers(self.model)
+        logs.update(self.strategy.after_step(self.model, self.step))
+        logs["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
+        return logs
+
+    def _phase(self, model, batch: dict, phase: str, logs: dict) -> bool:
+        """Losses of one phase, their combined gradients, one optimiser step; False if skipped."""
         # BatchNorm running statistics change during the forward pass: keep a copy so that a
         # step with a non-finite loss leaves the whole model state (not only the weights) intact.
         buffers = list(self.model.buffers())
         saved = [b.clone() for b in buffers]
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            out = self.strategy.compute_losses(model, batch, self.step)
+            out = self.strategy.compute_phase(model, batch, self.step, phase)
         total = out.total()
-        logs = dict(out.logs)
+        logs.update(out.logs)
         for n, v in out.losses.items():
             logs[f"loss/{n}"] = v.detach()
         try:
@@ -317,10 +333,13 @@ class Trainer:
             if buffers:
                 torch._foreach_copy_(buffers, saved)
             self.optimizer.zero_grad(set_to_none=True)
-            return logs
+            return False
         self.skipped = 0
         self.optimizer.zero_grad(set_to_none=True)
-        logs.update(self.combiner.backward(out, self.params, self.shared, scaler=self.scaler))
+        shared = self.shared if out.shared is None else list(out.shared)
+        logs.update(self.combiner.backward(out, self.params, shared, scaler=self.scaler))
+        for p in out.frozen:  # parameters this phase must not update: no gradient, so no step
+            p.grad = None
         if self.ddp_model is not None and not self.combiner.reduces_grads:
             dist.all_reduce_grads(self._outside_ddp)  # strategy parameters DDP does not see
         if self.scaler is not None:
@@ -332,12 +351,7 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.scheduler.step()
-        if self.ddp_model is not None:  # one set of BatchNorm statistics for every rank and the teacher
-            dist.broadcast_buffers(self.model)
-        logs.update(self.strategy.after_step(self.model, self.step))
-        logs["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
-        return logs
+        return True
 
     def fit(self):
         """Train to ``cfg.train.iters``; returns the final :class:`~balda.engine.evaluation.Metrics`.

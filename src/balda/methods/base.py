@@ -87,6 +87,15 @@ class Strategy(nn.Module):
 
         return WeightedCE(term, self.make_weighting(term))
 
+    def phases(self, step: int) -> tuple[str, ...]:
+        """The optimisation phases of iteration ``step``, each one optimiser step on its own losses
+        (:meth:`compute_phase`). One phase for almost every method; MCD has its A / B / C steps."""
+        return ("main",)
+
+    def compute_phase(self, model: Segmentor, batch: dict, step: int, phase: str) -> StepOutput:
+        """The losses of one phase (default: :meth:`compute_losses`, the only phase)."""
+        return self.compute_losses(model, batch, step)
+
     def optimized_with_model(self) -> list[nn.Parameter]:
         """The strategy's own parameters trained by the segmentor's optimiser (default: none)."""
         return []

@@ -1,4 +1,4 @@
-"""Mean-teacher self-training with cross-domain ClassMix (DACS / DAFormer), specs/baselines.md.
+"""Mean-teacher self-training with cross-domain ClassMix (DACS / DAFormer), docs/baselines.md.
 
 Per step, with student ``f`` (the trained segmentor) and EMA teacher ``f'``:
 
@@ -60,7 +60,7 @@ from balda.models.base import Segmentor
 
 @dataclass
 class SelfTrainingConfig:
-    """Mean-teacher self-training with ClassMix (DACS / DAFormer), specs/baselines.md."""
+    """Mean-teacher self-training with ClassMix (DACS / DAFormer), docs/baselines.md."""
 
     ema_alpha: float = 0.999
     pseudo_threshold: float = 0.968

@@ -3,7 +3,7 @@
 A segmentor is an ``nn.Module`` with two children, ``backbone`` and ``decode_head``, whose
 ``forward(images)`` returns a :class:`SegOutput`: the decoder features (input of the final 1x1
 classifier) and the class logits, both at the decoder's output stride. CPSL, GBW, the ImageNet
-feature distance and gradient harmonization need both (specs/baselines.md).
+feature distance and gradient harmonization need both (docs/baselines.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Panoptic-DeepLab inference post-processing (Cheng et al., "Panoptic-DeepLab", CVPR 2020, Sec. 3.3),
-as used by EDAPS (Saha et al., ICCV 2023); specs/panoptic.md.
+as used by EDAPS (Saha et al., ICCV 2023); docs/panoptic.md.
 
 From a semantic prediction ``S`` (C, H, W logits or (H, W) labels), a centre heatmap ``Z`` (H, W)
 and offsets ``O`` (2, H, W) (dy, dx, pointing from a pixel to its instance centre):

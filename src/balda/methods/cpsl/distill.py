@@ -34,7 +34,7 @@ from balda.methods.teachers import TeacherMixin
 
 @dataclass
 class DistillConfig:
-    """CPSL stages 2-3: self-distillation of a frozen teacher into a fresh student (specs/cpsl.md)."""
+    """CPSL stages 2-3: self-distillation of a frozen teacher into a fresh student (docs/cpsl.md)."""
 
     #: The previous stage's checkpoint or run folder (required).
     teacher: Optional[str] = None

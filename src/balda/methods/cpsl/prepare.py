@@ -1,4 +1,4 @@
-"""Offline preparation of CPSL (specs/cpsl.md, pipeline step 1).
+"""Offline preparation of CPSL (docs/cpsl.md, pipeline step 1).
 
 With the warm-up model (source + output-space adversarial training) and over the *target train*
 set, :func:`prepare_cpsl` writes a folder holding

@@ -104,7 +104,7 @@ RCE_A = -math.log(1e-4)
 
 @dataclass
 class CPSLConfig:
-    """Class-balanced pixel-level self-labeling (specs/cpsl.md)."""
+    """Class-balanced pixel-level self-labeling (docs/cpsl.md)."""
 
     #: Folder written by ``balda cpsl prepare`` (soft pseudo-labels, prior, prototypes).
     prepared: Optional[str] = None
