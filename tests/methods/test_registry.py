@@ -20,7 +20,6 @@ class ToyConfig:
     scale: float = 1.0
 
 
-@register_strategy("toy", config=ToyConfig, description="a toy strategy of the registry test")
 class ToyStrategy(Strategy):
     def __init__(self, model, weighting, cfg: ToyConfig):
         super().__init__(model, weighting)
@@ -50,14 +49,15 @@ def _toy_plot(out, train):
     return [path]
 
 
-RUN_PLOTS.add("toy", _toy_plot, replace=True)
-register_bench(
-    BenchEntry("toy", "streets/source_only", ("method.name=toy", "method.toy.scale=0.5"), controls=("source_only",))
-)
-
-
 @pytest.fixture(autouse=True, scope="module")
-def _unregister():
+def _register():
+    """What a method module does at import (``@register_strategy`` on its class, ``RUN_PLOTS.add``,
+    ``register_bench``), done here in a fixture so that other test modules never see the toy."""
+    register_strategy("toy", config=ToyConfig, description="a toy strategy of the registry test")(ToyStrategy)
+    RUN_PLOTS.add("toy", _toy_plot, replace=True)
+    register_bench(
+        BenchEntry("toy", "streets/source_only", ("method.name=toy", "method.toy.scale=0.5"), controls=("source_only",))
+    )
     yield
     STRATEGIES.remove("toy")
     RUN_PLOTS.remove("toy")

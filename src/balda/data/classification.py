@@ -1,6 +1,6 @@
 """Image-classification datasets on disk: image lists and class-folder trees, with their transforms.
 
-Two formats (specs/classification.md):
+Two formats (docs/classification.md):
 
 * **Image list** (Office-31, Office-Home, VisDA-2017, DomainNet as distributed, and the offline
   digits benchmark of :mod:`balda.data.digits`): a text file with one ``relative/path.jpg label``
@@ -352,7 +352,8 @@ class ClassFolderDataset(ClassificationDataset):
 
 def open_classification_dataset(path: PathLike, root: Optional[PathLike] = None, **kwargs) -> ClassificationDataset:
     """An :class:`ImageListDataset` when ``path`` is a file, a :class:`ClassFolderDataset` when it is
-    a folder (``root`` only applies to lists); ``kwargs`` go to the constructor."""
+    a folder; ``kwargs`` go to the constructor (the list-only ``root``, ``num_classes`` and
+    ``check_files`` are ignored for a folder)."""
     path = Path(path)
     if path.is_file():
         return ImageListDataset(path, root=root, **kwargs)

@@ -4,7 +4,7 @@ The building blocks of DANN (Ganin & Lempitsky, "Unsupervised Domain Adaptation 
 ICML 2015; Ganin et al., JMLR 2016), CDAN / CDAN+E (Long et al., "Conditional Adversarial Domain
 Adaptation", NeurIPS 2018), MCD (Saito et al., "Maximum Classifier Discrepancy for Unsupervised
 Domain Adaptation", CVPR 2018) and MinEnt (Grandvalet & Bengio, NeurIPS 2004), as GH's released code
-and tllib use them (specs/classification.md). No strategy lives here: a strategy composes
+and tllib use them (docs/classification.md). No strategy lives here: a strategy composes
 
 * DANN: ``L_a = domain_adversarial_loss(D(grl(f_s)), D(grl(f_t)))``;
 * CDAN: ``h = cdan_map(f, softmax(z).detach())``, ``L_a = domain_adversarial_loss(D(grl(h_s)), D(grl(h_t)))``;

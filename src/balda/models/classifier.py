@@ -1,6 +1,6 @@
 """Image classifiers for classification UDA: backbone F -> bottleneck -> classifier head(s) G.
 
-The architecture of DANN / CDAN / MCD as GH's released code and tllib use it (specs/classification.md):
+The architecture of DANN / CDAN / MCD as GH's released code and tllib use it (docs/classification.md):
 
     f = ReLU(BN(W_b F(x) + b_b))   (the bottleneck, 256 wide),    z = G(f) = W_c f + b_c   (K logits).
 
