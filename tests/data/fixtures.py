@@ -13,6 +13,7 @@ against the real formats:
 Each ``make_*`` returns ``{name: (image uint8 HxWx3, expected trainId label uint8 HxW)}``.
 Raw ids are drawn so that every fixture also holds ids that map to 255.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,15 +22,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from balda.data.labels import (CITYSCAPES_LUT, PALETTE, SYNTHIA_LUT, TRAINID_TO_LABELID,
-                               TRAINID_TO_SYNTHIA)
+from balda.data.labels import CITYSCAPES_LUT, PALETTE, SYNTHIA_LUT, TRAINID_TO_LABELID, TRAINID_TO_SYNTHIA
 
 #: Cityscapes labelIds used by fixtures: all 19 trained ids plus some that map to 255.
 CITYSCAPES_IDS = np.array(list(TRAINID_TO_LABELID) + [0, 1, 4, 6, 9, 14, 29, 34], dtype=np.uint8)
 #: SYNTHIA ids used by fixtures: the 16 classes present in SYNTHIA-RAND plus ignored ones (0, 13, 22)
 #: and a > 255 id that must map to 255 (not wrap around to 3).
-SYNTHIA_IDS = np.array([i for i in TRAINID_TO_SYNTHIA if i not in (16, 18, 20)] + [0, 13, 22],
-                       dtype=np.uint16)
+SYNTHIA_IDS = np.array([i for i in TRAINID_TO_SYNTHIA if i not in (16, 18, 20)] + [0, 13, 22], dtype=np.uint16)
 
 
 def blocky_ids(rng: np.random.Generator, shape, ids, block: int = 4) -> np.ndarray:
@@ -53,8 +52,16 @@ def _save_palette_png(path: Path, ids: np.ndarray) -> None:
     img.save(path)
 
 
-def make_cityscapes(root, split: str = "train", cities=None, size=(16, 32), train_ids: bool = False,
-                    labels: bool = True, seed: int = 0, extras: bool = True) -> dict:
+def make_cityscapes(
+    root,
+    split: str = "train",
+    cities=None,
+    size=(16, 32),
+    train_ids: bool = False,
+    labels: bool = True,
+    seed: int = 0,
+    extras: bool = True,
+) -> dict:
     """Write a Cityscapes split; ``cities`` maps city -> number of frames (default aachen 2, bochum 1).
 
     ``train_ids`` also writes ``_gtFine_labelTrainIds.png``; ``labels=False`` writes no gtFine;

@@ -9,8 +9,7 @@ from PIL import Image
 from balda.config import DatasetConfig
 from balda.data.datasets import CityscapesDataset, GTA5Dataset, SynthiaDataset, build_dataset
 from balda.data.io import DataError
-from tests.data.fixtures import (corrupt_file, make_cityscapes, make_gta5, make_synthia,
-                                 truncate_file)
+from tests.data.fixtures import corrupt_file, make_cityscapes, make_gta5, make_synthia, truncate_file
 
 
 # ------------------------------------------------------------------------------------ Cityscapes
@@ -95,7 +94,7 @@ def test_gta5_missing_label_is_an_error_or_skipped_with_warning(tmp_path, caplog
     make_gta5(tmp_path, ids=(1, 2, 4))
     (tmp_path / "labels/00002.png").unlink()
     with pytest.raises(DataError, match=r"00002\.png has no label"):
-        GTA5Dataset(tmp_path)                              # on_error=raise, as for Cityscapes
+        GTA5Dataset(tmp_path)  # on_error=raise, as for Cityscapes
     with caplog.at_level(logging.WARNING, logger="balda.data"):
         ds = GTA5Dataset(tmp_path, on_error="skip")
     assert ds.names == ["00001", "00004"]
@@ -122,7 +121,8 @@ def test_gta5_size_mismatch_resized_nearest(tmp_path, caplog):
 def test_cityscapes_size_mismatch_is_an_error(tmp_path):
     make_cityscapes(tmp_path, "val", cities={"lindau": 1})
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(
-        tmp_path / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png")
+        tmp_path / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png"
+    )
     with pytest.raises(DataError, match="lindau_000000_000019_gtFine_labelIds.png"):
         CityscapesDataset(tmp_path, "val").load(0)
 
@@ -192,8 +192,9 @@ def test_build_dataset(tmp_path):
     ds = build_dataset(DatasetConfig(kind="gta5", root=str(tmp_path / "gta"), max_items=2))
     assert isinstance(ds, GTA5Dataset) and len(ds) == 2
     assert isinstance(build_dataset(DatasetConfig(kind="synthia", root=str(tmp_path / "syn"))), SynthiaDataset)
-    cs = build_dataset(DatasetConfig(kind="cityscapes", root=str(tmp_path / "cs"), split="val",
-                                     labelled=False, on_error="skip"))
+    cs = build_dataset(
+        DatasetConfig(kind="cityscapes", root=str(tmp_path / "cs"), split="val", labelled=False, on_error="skip")
+    )
     assert isinstance(cs, CityscapesDataset) and cs.label_paths is None and cs.on_error == "skip"
     with pytest.raises(DataError, match="root"):
         build_dataset(DatasetConfig(kind="gta5", root=""))
@@ -231,7 +232,6 @@ def test_gta5_mismatch_with_another_aspect_is_an_error(tmp_path):
     Image.fromarray(np.full((20, 50), 7, np.uint8)).save(tmp_path / "labels/00001.png")
     with pytest.raises(DataError, match="aspect ratios differ"):
         GTA5Dataset(tmp_path).load(0)
-
 
 
 def test_synthia_id_outside_its_classes_is_an_error(tmp_path):

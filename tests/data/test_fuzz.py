@@ -8,6 +8,7 @@
 * ``TrainTransform`` (resize, crop with padding / cat_max_ratio / required class, flip, jitter,
   normalisation) on random shapes: output shapes, dtypes and value ranges.
 """
+
 from __future__ import annotations
 
 import io
@@ -145,8 +146,10 @@ _INT_DTYPES = st.sampled_from([np.uint8, np.int8, np.uint16, np.int16, np.int32,
 
 
 @settings(max_examples=100, deadline=None)
-@given(arr=hnp.arrays(_INT_DTYPES, hnp.array_shapes(min_dims=0, max_dims=3, max_side=7)),
-       which=st.sampled_from(["cityscapes", "synthia"]))
+@given(
+    arr=hnp.arrays(_INT_DTYPES, hnp.array_shapes(min_dims=0, max_dims=3, max_side=7)),
+    which=st.sampled_from(["cityscapes", "synthia"]),
+)
 def test_map_labels_matches_a_python_reference(arr, which):
     lut = CITYSCAPES_LUT if which == "cityscapes" else SYNTHIA_LUT
     out = map_labels(arr, lut)
@@ -167,10 +170,19 @@ def transform_cases(draw):
     resize = draw(st.one_of(st.none(), st.tuples(st.integers(1, 48), st.integers(1, 48))))
     labelled = draw(st.booleans())
     seed = draw(st.integers(0, 2**32 - 1))
-    return dict(H=H, W=W, crop=crop, resize=resize, labelled=labelled, seed=seed,
-                flip=draw(st.sampled_from([0.0, 0.5, 1.0])), jitter=draw(st.sampled_from([0.0, 0.2, 0.6])),
-                cat_max_ratio=draw(st.sampled_from([1.0, 0.75])),
-                required=draw(st.one_of(st.none(), st.integers(0, 18))), min_px=draw(st.integers(0, 30)))
+    return dict(
+        H=H,
+        W=W,
+        crop=crop,
+        resize=resize,
+        labelled=labelled,
+        seed=seed,
+        flip=draw(st.sampled_from([0.0, 0.5, 1.0])),
+        jitter=draw(st.sampled_from([0.0, 0.2, 0.6])),
+        cat_max_ratio=draw(st.sampled_from([1.0, 0.75])),
+        required=draw(st.one_of(st.none(), st.integers(0, 18))),
+        min_px=draw(st.integers(0, 30)),
+    )
 
 
 @FUZZ
@@ -180,11 +192,21 @@ def test_train_transform_shapes_and_ranges(case):
     image = rng.integers(0, 256, (case["H"], case["W"], 3), dtype=np.uint8)
     values = np.array(sorted(TRAIN_IDS), np.uint8)
     label = rng.choice(values, (case["H"], case["W"])) if case["labelled"] else None
-    tf = TrainTransform(crop=case["crop"], resize=case["resize"], flip=case["flip"],
-                        cat_max_ratio=case["cat_max_ratio"], jitter=case["jitter"])
-    img, lab, geom = tf(image, label, np.random.default_rng(case["seed"] + 1),
-                        required_class=case["required"] if case["labelled"] else None,
-                        min_class_pixels=case["min_px"], return_geometry=True)
+    tf = TrainTransform(
+        crop=case["crop"],
+        resize=case["resize"],
+        flip=case["flip"],
+        cat_max_ratio=case["cat_max_ratio"],
+        jitter=case["jitter"],
+    )
+    img, lab, geom = tf(
+        image,
+        label,
+        np.random.default_rng(case["seed"] + 1),
+        required_class=case["required"] if case["labelled"] else None,
+        min_class_pixels=case["min_px"],
+        return_geometry=True,
+    )
     size = case["resize"] or (case["H"], case["W"])
     out_hw = tuple(case["crop"]) if case["crop"] else tuple(size)
     assert img.dtype == torch.float32 and tuple(img.shape) == (3, *out_hw)
@@ -203,8 +225,11 @@ def test_train_transform_shapes_and_ranges(case):
 
 
 @FUZZ
-@given(shape=st.tuples(st.integers(1, 24), st.integers(1, 24)), strength=st.floats(0.0, 2.0),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    shape=st.tuples(st.integers(1, 24), st.integers(1, 24)),
+    strength=st.floats(0.0, 2.0),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_photometric_jitter_keeps_shape_and_dtype(shape, strength, seed):
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)

@@ -3,8 +3,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from balda.data.io import (LABELID_PALETTE, DataError, read_image, read_label, read_synthia_label,
-                           write_image, write_label)
+from balda.data.io import (
+    LABELID_PALETTE,
+    DataError,
+    read_image,
+    read_label,
+    read_synthia_label,
+    write_image,
+    write_label,
+)
 from balda.data.labels import CITYSCAPES_LUT, SYNTHIA_LUT
 from tests.data.fixtures import corrupt_file, synthia_label_array, truncate_file
 
@@ -68,8 +75,46 @@ def test_read_label_palette_returns_indices_not_colours(tmp_path, rng):
 
 def test_lut_mapping_exact():
     # the table of specs/datasets.md
-    ids = np.array([7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33,
-                    0, 1, 2, 3, 4, 5, 6, 9, 10, 14, 15, 16, 18, 29, 30, 34], np.uint8)
+    ids = np.array(
+        [
+            7,
+            8,
+            11,
+            12,
+            13,
+            17,
+            19,
+            20,
+            21,
+            22,
+            23,
+            24,
+            25,
+            26,
+            27,
+            28,
+            31,
+            32,
+            33,
+            0,
+            1,
+            2,
+            3,
+            4,
+            5,
+            6,
+            9,
+            10,
+            14,
+            15,
+            16,
+            18,
+            29,
+            30,
+            34,
+        ],
+        np.uint8,
+    )
     expected = list(range(19)) + [255] * 16
     assert CITYSCAPES_LUT[ids].tolist() == expected
     syn = np.array([3, 4, 2, 21, 5, 7, 15, 9, 6, 1, 10, 17, 8, 19, 12, 11, 0, 13, 14, 22], np.uint8)

@@ -6,8 +6,14 @@ import torch
 
 from balda.config import Config
 from balda.data.datasets import CityscapesDataset, GTA5Dataset
-from balda.data.loaders import (StepBatchSampler, TrainView, UDALoader, build_train_loader,
-                                rcs_min_crop_pixels, sample_seed)
+from balda.data.loaders import (
+    StepBatchSampler,
+    TrainView,
+    UDALoader,
+    build_train_loader,
+    rcs_min_crop_pixels,
+    sample_seed,
+)
 from balda.data.sampling import RareClassSampler
 from balda.data.stats import class_pixel_counts
 from balda.data.transforms import TrainTransform

@@ -7,13 +7,16 @@ from balda.data.sampling import RareClassSampler
 
 def example_counts():
     # 5 images, 4 classes; class 3 never exceeds min_pixels=10 in any image
-    return np.array([
-        [100, 50, 0, 5],
-        [200, 0, 20, 10],
-        [50, 11, 0, 0],
-        [0, 0, 30, 2],
-        [80, 20, 0, 0],
-    ], dtype=np.int64)
+    return np.array(
+        [
+            [100, 50, 0, 5],
+            [200, 0, 20, 10],
+            [50, 11, 0, 0],
+            [0, 0, 30, 2],
+            [80, 20, 0, 0],
+        ],
+        dtype=np.int64,
+    )
 
 
 def test_probabilities_closed_form():
@@ -33,7 +36,7 @@ def test_probabilities_closed_form():
 
 
 def test_default_temperature_is_stable():
-    counts = np.array([[10 ** 9, 5000, 4000]], dtype=np.int64)
+    counts = np.array([[10**9, 5000, 4000]], dtype=np.int64)
     rcs = RareClassSampler(counts)  # T = 0.01: exp((1-f)/T) would overflow without the max shift
     assert np.isfinite(rcs.class_probs).all() and abs(rcs.class_probs.sum() - 1) < 1e-12
 

@@ -1,4 +1,5 @@
 """Tests of the procedural two-domain street benchmark (balda.data.streets)."""
+
 from __future__ import annotations
 
 import json
@@ -10,13 +11,11 @@ from PIL import Image
 
 from balda.data import streets
 from balda.data.labels import CITYSCAPES_LUT, CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, TRAINID_TO_LABELID
-from balda.data.streets import (domain_priors, domain_style, generate_streets, image_rng, render_scene,
-                                streets_exists)
+from balda.data.streets import domain_priors, domain_style, generate_streets, image_rng, render_scene, streets_exists
 
 SMALL = dict(size=(64, 128), n_source=5, n_target_train=4, n_target_val=3, seed=7)
-RARE = ("wall", "fence", "traffic light", "traffic sign", "rider", "truck", "bus", "train", "motorcycle",
-        "bicycle")
-N_SAMPLE = 40   # images per domain for the statistics tests
+RARE = ("wall", "fence", "traffic light", "traffic sign", "rider", "truck", "bus", "train", "motorcycle", "bicycle")
+N_SAMPLE = 40  # images per domain for the statistics tests
 
 
 def _counts(domain_key: str, n: int, seed: int = 0, shift: float = 1.0, size=(128, 256)):
@@ -127,8 +126,8 @@ def test_shift_zero_makes_domains_identical():
     fs0, _, ms0 = _counts("source", 40, seed=5, shift=0.0, size=(48, 96))
     ft0, _, mt0 = _counts("target_train", 40, seed=5, shift=0.0, size=(48, 96))
     _, _, ms1 = _counts("source", 40, seed=5, shift=1.0, size=(48, 96))
-    assert np.abs(fs0 - ft0).sum() < 0.15          # L1 distance of the class distributions
-    assert np.abs(ms0 - mt0).max() < 5             # mean colour (grey levels)
+    assert np.abs(fs0 - ft0).sum() < 0.15  # L1 distance of the class distributions
+    assert np.abs(ms0 - mt0).max() < 5  # mean colour (grey levels)
     assert np.abs(ms1 - mt0).max() > 12
 
 
@@ -238,8 +237,9 @@ def test_refuses_foreign_folder(tmp_path):
     (tmp_path / "source").mkdir()
     (tmp_path / "source" / "x.txt").write_text("not ours")
     with pytest.raises(FileExistsError):
-        generate_streets(tmp_path, progress=False, workers=1, size=(32, 64), n_source=1, n_target_train=1,
-                         n_target_val=1)
+        generate_streets(
+            tmp_path, progress=False, workers=1, size=(32, 64), n_source=1, n_target_train=1, n_target_val=1
+        )
 
 
 # ------------------------------------------------------------------------------ v2: nuisance gap
@@ -271,8 +271,8 @@ def test_colours_vary_from_image_to_image():
     assert np.array_equal(a["road"]["base"], again["road"]["base"])
     assert not np.array_equal(a["road"]["base"], b["road"]["base"])
     assert not np.array_equal(a["texture_table"], b["texture_table"])
-    assert np.array_equal(a["light"]["lamps"], st["light"]["lamps"])          # signal colours stay
-    assert np.array_equal(a["person"]["height"], st["person"]["height"])      # non-colour leaves stay
+    assert np.array_equal(a["light"]["lamps"], st["light"]["lamps"])  # signal colours stay
+    assert np.array_equal(a["person"]["height"], st["person"]["height"])  # non-colour leaves stay
     # the variation is wide: over 200 images the road colour spans tens of grey levels
     roads = np.stack([streets.style.vary_style(st, np.random.default_rng(i))["road"]["base"] for i in range(200)])
     assert (roads.max(0) - roads.min(0)).min() > 40
@@ -293,13 +293,29 @@ def test_default_params_and_explicit_defaults_unchanged(small_bench, tmp_path):
     # the default output keeps the keys of earlier folders (so they stay reusable) ...
     out, summary = small_bench
     meta = json.loads((out / "meta.json").read_text())
-    assert set(meta["params"]) == {"size", "n_source", "n_target_train", "n_target_val", "seed", "shift",
-                                   "profile", "version"}
+    assert set(meta["params"]) == {
+        "size",
+        "n_source",
+        "n_target_train",
+        "n_target_val",
+        "seed",
+        "shift",
+        "profile",
+        "version",
+    }
     assert "quirks" not in summary
     # ... and spelling the defaults out writes the same bytes
     other = tmp_path / "explicit"
-    generate_streets(other, progress=False, workers=1, source_size=SMALL["size"], target_size=SMALL["size"],
-                     source_format="gta5", quirks=False, **SMALL)
+    generate_streets(
+        other,
+        progress=False,
+        workers=1,
+        source_size=SMALL["size"],
+        target_size=SMALL["size"],
+        source_format="gta5",
+        quirks=False,
+        **SMALL,
+    )
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(other) for p in other.rglob("*") if p.is_file())
     for rel in files:
@@ -322,7 +338,7 @@ def test_separate_source_and_target_sizes(tmp_path):
     assert np.array_equal(src.load(1)[0], img) and np.array_equal(src.load(1)[1], lab)
     assert Image.open(out / "samples_source.png").size[1] > Image.open(out / "samples_target.png").size[1]
     assert streets_exists(out, **TWO_SIZES)
-    assert streets_exists(out, **{**TWO_SIZES, "size": (1, 1), "target_size": (32, 64)})   # same sizes, spelt apart
+    assert streets_exists(out, **{**TWO_SIZES, "size": (1, 1), "target_size": (32, 64)})  # same sizes, spelt apart
     assert not streets_exists(out, **{**TWO_SIZES, "source_size": (32, 64)})
     assert generate_streets(out, progress=False, **TWO_SIZES)["reused"]
 
@@ -344,7 +360,7 @@ def test_synthia_format_read_by_synthia_dataset(tmp_path):
     assert not (out / "source" / "images").exists()
     raw = cv2.imread(str(base / "GT" / "LABELS" / names[2]), cv2.IMREAD_UNCHANGED)
     assert raw.dtype == np.uint16 and raw.shape == (40, 72, 3)
-    assert not raw[..., :2].any()                                      # G and B (instance channels) are 0
+    assert not raw[..., :2].any()  # G and B (instance channels) are 0
     img, lab = render_scene(image_rng(3, "source", 2), "source", (40, 72))
     assert set(np.unique(raw[..., 2])) <= set(TRAINID_TO_SYNTHIA) | {0}
     assert np.array_equal(raw[..., 2] == 0, lab == IGNORE_INDEX)
@@ -386,8 +402,12 @@ def test_quirks_read_by_gta5_dataset_with_a_warning(tmp_path, caplog):
 def test_new_options_reject_bad_values(tmp_path):
     from balda.core.errors import ConfigError
 
-    for bad in ({"source_format": "cityscapes"}, {"source_format": "synthia", "quirks": True},
-                {"source_size": (0, 64)}, {"target_size": (32,)}):
+    for bad in (
+        {"source_format": "cityscapes"},
+        {"source_format": "synthia", "quirks": True},
+        {"source_size": (0, 64)},
+        {"target_size": (32,)},
+    ):
         with pytest.raises(ConfigError):
             generate_streets(tmp_path / "x", progress=False, workers=1, **{**TWO_SIZES, **bad})
 
@@ -396,9 +416,29 @@ def test_cli_generate_sizes_and_synthia(tmp_path, capsys):
     from balda.cli import main
 
     out = tmp_path / "cli"
-    rc = main(["generate", "streets", "--out", str(out), "--size", "32", "64", "--source-size", "40", "72",
-               "--source-format", "synthia", "--n-source", "2", "--n-target-train", "1", "--n-target-val", "1",
-               "--no-progress"])
+    rc = main(
+        [
+            "generate",
+            "streets",
+            "--out",
+            str(out),
+            "--size",
+            "32",
+            "64",
+            "--source-size",
+            "40",
+            "72",
+            "--source-format",
+            "synthia",
+            "--n-source",
+            "2",
+            "--n-target-train",
+            "1",
+            "--n-target-val",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["params"]["source_size"] == [40, 72] and meta["params"]["target_size"] == [32, 64]

@@ -3,8 +3,7 @@ import pytest
 import torch
 
 from balda.config import DataConfig, DatasetConfig
-from balda.data.transforms import (TrainTransform, hflip, normalize, photometric_jitter, random_crop,
-                                   resize)
+from balda.data.transforms import TrainTransform, hflip, normalize, photometric_jitter, random_crop, resize
 
 
 def coord_image(h, w):
@@ -33,8 +32,8 @@ def test_crop_exact_offsets_pinned():
     ci, cl = random_crop(img, lab, (4, 5), np.random.default_rng(3))
     ref = np.random.default_rng(3)
     y, x = int(ref.integers(0, 7)), int(ref.integers(0, 8))
-    np.testing.assert_array_equal(ci, img[y:y + 4, x:x + 5])
-    np.testing.assert_array_equal(cl, lab[y:y + 4, x:x + 5])
+    np.testing.assert_array_equal(ci, img[y : y + 4, x : x + 5])
+    np.testing.assert_array_equal(cl, lab[y : y + 4, x : x + 5])
     # same seed, same crop; all offsets reachable
     np.testing.assert_array_equal(random_crop(img, lab, (4, 5), np.random.default_rng(3))[0], ci)
     offs = {tuple(random_crop(img, lab, (4, 5), np.random.default_rng(s))[0][0, 0, :2]) for s in range(400)}
@@ -71,7 +70,7 @@ def test_cat_max_ratio_redraws():
 
     assert abs(ok_rate(1.0) - 0.2) < 0.07
     # accepted after at most 11 draws: P = 1 - 0.8^11 = 0.914
-    assert abs(ok_rate(0.8) - (1 - 0.8 ** 11)) < 0.05
+    assert abs(ok_rate(0.8) - (1 - 0.8**11)) < 0.05
     # ratio 0.7 is never satisfiable: the crop is the 11th draw, still uniform
     assert abs(ok_rate(0.7) - 0.2) < 0.07
     # ignore pixels do not count: a crop of {0, 255} only holds one class
@@ -88,9 +87,23 @@ def test_required_class_redraws_and_keeps_best():
     img = coord_image(16, 16)
 
     def counts(attempts, min_px, n=200):
-        return np.array([(random_crop(img, lab, (8, 8), np.random.default_rng(s), attempts=attempts,
-                                      required_class=17, min_class_pixels=min_px)[1] == 17).sum()
-                         for s in range(n)])
+        return np.array(
+            [
+                (
+                    random_crop(
+                        img,
+                        lab,
+                        (8, 8),
+                        np.random.default_rng(s),
+                        attempts=attempts,
+                        required_class=17,
+                        min_class_pixels=min_px,
+                    )[1]
+                    == 17
+                ).sum()
+                for s in range(n)
+            ]
+        )
 
     p = np.mean(counts(0, 16) >= 16)  # no re-draw: the block is fully inside for 5x5 of 9x9 offsets
     assert abs(p - 25 / 81) < 0.08
@@ -164,8 +177,14 @@ def test_train_transform_from_config_and_validation():
     dc = DataConfig(crop=[4, 6], flip=0.25, cat_max_ratio=0.75, jitter=0.1)
     dc.rcs.max_crop_attempts = 3
     tf = TrainTransform.from_config(dc, DatasetConfig(resize=[8, 10]))
-    assert (tf.crop, tf.resize, tf.flip, tf.cat_max_ratio, tf.jitter, tf.crop_attempts) == \
-        ((4, 6), (8, 10), 0.25, 0.75, 0.1, 3)
+    assert (tf.crop, tf.resize, tf.flip, tf.cat_max_ratio, tf.jitter, tf.crop_attempts) == (
+        (4, 6),
+        (8, 10),
+        0.25,
+        0.75,
+        0.1,
+        3,
+    )
     assert tf.mean == (123.675, 116.28, 103.53)
     with pytest.raises(ValueError, match="data.crop"):
         TrainTransform(crop=[4])

@@ -21,14 +21,16 @@ every loader (``on_error='raise'``, the default; each :class:`~balda.data.io.Dat
 With ``on_error='skip'`` a training loader (:meth:`SegDataset.load_or_skip`) and the evaluation log
 such an item once and skip it.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -68,9 +70,17 @@ class SegDataset:
     resize_mismatched_labels: bool = False
     aspect_tolerance: float = 0.02
 
-    def __init__(self, root, split: str, labelled: bool, names: list[str], image_paths: list[Path],
-                 label_paths: Optional[list[Path]], max_items: Optional[int] = None,
-                 on_error: str = "raise"):
+    def __init__(
+        self,
+        root,
+        split: str,
+        labelled: bool,
+        names: list[str],
+        image_paths: list[Path],
+        label_paths: Optional[list[Path]],
+        max_items: Optional[int] = None,
+        on_error: str = "raise",
+    ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if max_items is not None and max_items < 1:
@@ -85,7 +95,8 @@ class SegDataset:
         self.names: list[str] = [names[i] for i in order]
         self.image_paths: list[Path] = [Path(image_paths[i]) for i in order]
         self.label_paths: Optional[list[Path]] = (
-            [Path(label_paths[i]) for i in order] if labelled and label_paths is not None else None)
+            [Path(label_paths[i]) for i in order] if labelled and label_paths is not None else None
+        )
         if len(set(self.names)) != len(self.names):
             raise DataError(f"{self.kind} dataset {self.root}: duplicate item names")
         self._bad: set[int] = set()
@@ -95,8 +106,10 @@ class SegDataset:
         return len(self.names)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, "
-                f"labelled={self.labelled}, n={len(self)})")
+        return (
+            f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, "
+            f"labelled={self.labelled}, n={len(self)})"
+        )
 
     def _check(self, i: int) -> int:
         n = len(self)
@@ -129,12 +142,21 @@ class SegDataset:
         label = self.load_label(i)
         if label is not None and label.shape != image.shape[:2]:
             lp, ip = self.label_paths[i], self.image_paths[i]
-            msg = (f"label {lp} has size {label.shape[1]}x{label.shape[0]} but image {ip} has "
-                   f"{image.shape[1]}x{image.shape[0]}")
+            msg = (
+                f"label {lp} has size {label.shape[1]}x{label.shape[0]} but image {ip} has "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
             ratio = (label.shape[1] / label.shape[0]) / (image.shape[1] / image.shape[0])
             if not self.resize_mismatched_labels or abs(ratio - 1) > self.aspect_tolerance:
-                raise DataError(msg + ("" if not self.resize_mismatched_labels else
-                                       f" (aspect ratios differ by {abs(ratio - 1):.0%}: not a resized pair)"), lp)
+                raise DataError(
+                    msg
+                    + (
+                        ""
+                        if not self.resize_mismatched_labels
+                        else f" (aspect ratios differ by {abs(ratio - 1):.0%}: not a resized pair)"
+                    ),
+                    lp,
+                )
             log.warning("%s; resizing the label (nearest)", msg)
             label = cv2.resize(label, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
         return image, label
@@ -194,8 +216,14 @@ class CityscapesDataset(SegDataset):
     TRAINIDS_SUFFIX = "_gtFine_labelTrainIds.png"
     LABELIDS_SUFFIX = "_gtFine_labelIds.png"
 
-    def __init__(self, root, split: str = "train", labelled: bool = True,
-                 max_items: Optional[int] = None, on_error: str = "raise"):
+    def __init__(
+        self,
+        root,
+        split: str = "train",
+        labelled: bool = True,
+        max_items: Optional[int] = None,
+        on_error: str = "raise",
+    ):
         root = Path(root)
         img_dir = _require_dir(root / "leftImg8bit" / split, "Cityscapes image")
         images = sorted(img_dir.glob(f"*/*{self.IMG_SUFFIX}"))
@@ -214,21 +242,26 @@ class CityscapesDataset(SegDataset):
                 if lp is None:
                     expected = gt / f"{stem}{self.LABELIDS_SUFFIX}"
                     if on_error == "raise":
-                        raise DataError(f"Cityscapes image {p} has no label (expected {expected} or "
-                                        f"{self.TRAINIDS_SUFFIX}); use labelled=false for an unlabelled "
-                                        "split or on_error=skip to drop it", p)
+                        raise DataError(
+                            f"Cityscapes image {p} has no label (expected {expected} or "
+                            f"{self.TRAINIDS_SUFFIX}); use labelled=false for an unlabelled "
+                            "split or on_error=skip to drop it",
+                            p,
+                        )
                     missing.append(stem)
                     continue
             names.append(stem)
             image_paths.append(p)
             label_paths.append(lp)
         if missing:
-            log.warning("Cityscapes %s: skipping %d image(s) without label: %s", split, len(missing),
-                        _fmt_names(missing))
+            log.warning(
+                "Cityscapes %s: skipping %d image(s) without label: %s", split, len(missing), _fmt_names(missing)
+            )
         if not names:
             raise DataError(f"Cityscapes split {img_dir}: no image has a label", img_dir)
-        super().__init__(root, split, labelled, names, image_paths, label_paths if labelled else None,
-                         max_items, on_error)
+        super().__init__(
+            root, split, labelled, names, image_paths, label_paths if labelled else None, max_items, on_error
+        )
 
     def _read_label_file(self, path: Path) -> np.ndarray:
         if path.name.endswith(self.TRAINIDS_SUFFIX):
@@ -246,8 +279,11 @@ def _read_labelids(path: Path) -> np.ndarray:
     raw = read_label(path)
     bad = invalid_ids(raw, CITYSCAPES_VALID_IDS)
     if bad:
-        raise DataError(f"label {path} holds ids {bad} that are not Cityscapes labelIds (0..34, 255); is it a "
-                        "trainId or colour map?", path)
+        raise DataError(
+            f"label {path} holds ids {bad} that are not Cityscapes labelIds (0..34, 255); is it a "
+            "trainId or colour map?",
+            path,
+        )
     return map_labels(raw, CITYSCAPES_LUT)
 
 
@@ -265,11 +301,18 @@ class GTA5Dataset(SegDataset):
     kind = "gta5"
     resize_mismatched_labels = True
 
-    def __init__(self, root, split: str = "train", labelled: bool = True,
-                 max_items: Optional[int] = None, on_error: str = "raise"):
+    def __init__(
+        self,
+        root,
+        split: str = "train",
+        labelled: bool = True,
+        max_items: Optional[int] = None,
+        on_error: str = "raise",
+    ):
         root = Path(root)
         names, image_paths, label_paths = _pair_by_stem(
-            root / "images", root / "labels" if labelled else None, "GTA5", on_error)
+            root / "images", root / "labels" if labelled else None, "GTA5", on_error
+        )
         super().__init__(root, split, labelled, names, image_paths, label_paths, max_items, on_error)
 
     def _read_label_file(self, path: Path) -> np.ndarray:
@@ -287,12 +330,19 @@ class SynthiaDataset(SegDataset):
 
     kind = "synthia"
 
-    def __init__(self, root, split: str = "train", labelled: bool = True,
-                 max_items: Optional[int] = None, on_error: str = "raise"):
+    def __init__(
+        self,
+        root,
+        split: str = "train",
+        labelled: bool = True,
+        max_items: Optional[int] = None,
+        on_error: str = "raise",
+    ):
         root = Path(root)
         base = root / "RAND_CITYSCAPES" if (root / "RAND_CITYSCAPES").is_dir() else root
         names, image_paths, label_paths = _pair_by_stem(
-            base / "RGB", base / "GT" / "LABELS" if labelled else None, "SYNTHIA", on_error)
+            base / "RGB", base / "GT" / "LABELS" if labelled else None, "SYNTHIA", on_error
+        )
         super().__init__(root, split, labelled, names, image_paths, label_paths, max_items, on_error)
 
     def _read_label_file(self, path: Path) -> np.ndarray:
@@ -317,16 +367,25 @@ def _pair_by_stem(img_dir: Path, lbl_dir: Optional[Path], what: str, on_error: s
         lp = labels.get(p.name)
         if lp is None:
             if on_error == "raise":
-                raise DataError(f"{what} image {p} has no label {lbl_dir / p.name} (on_error=skip drops such "
-                                "images with a warning)", p)
+                raise DataError(
+                    f"{what} image {p} has no label {lbl_dir / p.name} (on_error=skip drops such "
+                    "images with a warning)",
+                    p,
+                )
             missing.append(p.name)
             continue
         names.append(p.stem)
         image_paths.append(p)
         label_paths.append(lp)
     if missing:
-        log.warning("%s: skipping %d image(s) of %s without a label in %s: %s", what, len(missing),
-                    img_dir, lbl_dir, _fmt_names(missing))
+        log.warning(
+            "%s: skipping %d image(s) of %s without a label in %s: %s",
+            what,
+            len(missing),
+            img_dir,
+            lbl_dir,
+            _fmt_names(missing),
+        )
     if not names:
         raise DataError(f"{what}: no image in {img_dir} has a label in {lbl_dir}", lbl_dir)
     return names, image_paths, label_paths
@@ -346,9 +405,9 @@ def build_dataset(cfg) -> SegDataset:
         raise ValueError(f"unknown dataset kind {cfg.kind!r}; expected one of {sorted(DATASETS)}")
     if not cfg.root:
         raise DataError(f"{cfg.kind} dataset (split {cfg.split!r}): root is not set")
-    return DATASETS[cfg.kind](cfg.root, split=cfg.split, labelled=cfg.labelled,
-                              max_items=cfg.max_items, on_error=cfg.on_error)
+    return DATASETS[cfg.kind](
+        cfg.root, split=cfg.split, labelled=cfg.labelled, max_items=cfg.max_items, on_error=cfg.on_error
+    )
 
 
-__all__ = ["SegDataset", "CityscapesDataset", "GTA5Dataset", "SynthiaDataset", "build_dataset",
-           "DATASETS", "DataError"]
+__all__ = ["SegDataset", "CityscapesDataset", "GTA5Dataset", "SynthiaDataset", "build_dataset", "DATASETS", "DataError"]

@@ -10,6 +10,7 @@
 
 Every failure raises :class:`DataError` whose message names the offending file.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,11 +21,17 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from balda.core.errors import DataError
 from balda.core.atomic import atomic_write
-
-from balda.data.labels import (IGNORE_INDEX, PALETTE, SYNTHIA_LUT, SYNTHIA_VALID_IDS, TRAINID_TO_LABELID, invalid_ids,
-                               map_labels)
+from balda.core.errors import DataError
+from balda.data.labels import (
+    IGNORE_INDEX,
+    PALETTE,
+    SYNTHIA_LUT,
+    SYNTHIA_VALID_IDS,
+    TRAINID_TO_LABELID,
+    invalid_ids,
+    map_labels,
+)
 
 PathLike = Union[str, os.PathLike]
 
@@ -95,8 +102,7 @@ def read_label(path: PathLike, lut: Optional[np.ndarray] = None) -> np.ndarray:
     if arr.dtype == bool:
         return arr.astype(np.uint8)
     if arr.size and (arr.min() < 0 or arr.max() > 255):
-        raise DataError(f"label {path} holds ids outside 0..255 ({arr.min()}..{arr.max()}) and no LUT "
-                        "was given", path)
+        raise DataError(f"label {path} holds ids outside 0..255 ({arr.min()}..{arr.max()}) and no LUT was given", path)
     return arr.astype(np.uint8)
 
 
@@ -172,6 +178,13 @@ def write_label(path: PathLike, arr: np.ndarray, palette: Union[bool, np.ndarray
 
 
 __all__ = [
-    "DataError", "read_image", "read_label", "read_synthia_label", "write_image", "write_label",
-    "TRAINID_PALETTE", "LABELID_PALETTE", "IGNORE_INDEX",
+    "DataError",
+    "read_image",
+    "read_label",
+    "read_synthia_label",
+    "write_image",
+    "write_label",
+    "TRAINID_PALETTE",
+    "LABELID_PALETTE",
+    "IGNORE_INDEX",
 ]

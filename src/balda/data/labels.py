@@ -7,6 +7,7 @@ views* over that space (SYNTHIA-16, SYNTHIA-13): classes are never renumbered.
 Mapping is a single indexing operation through a 256-entry lookup table (``LUT[ids]``), for
 numpy arrays and torch tensors alike.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,18 +18,49 @@ IGNORE_INDEX = 255
 NUM_CLASSES = 19
 
 CLASS_NAMES: tuple[str, ...] = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-    "motorcycle", "bicycle",
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
 )
 
 #: Official Cityscapes colours of the 19 trainIds (RGB).
 PALETTE: np.ndarray = np.array(
     [
-        (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-        (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-        (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
-        (0, 80, 100), (0, 0, 230), (119, 11, 32),
+        (128, 64, 128),
+        (244, 35, 232),
+        (70, 70, 70),
+        (102, 102, 156),
+        (190, 153, 153),
+        (153, 153, 153),
+        (250, 170, 30),
+        (220, 220, 0),
+        (107, 142, 35),
+        (152, 251, 152),
+        (70, 130, 180),
+        (220, 20, 60),
+        (255, 0, 0),
+        (0, 0, 142),
+        (0, 0, 70),
+        (0, 60, 100),
+        (0, 80, 100),
+        (0, 0, 230),
+        (119, 11, 32),
     ],
     dtype=np.uint8,
 )
@@ -53,7 +85,7 @@ CITYSCAPES_LUT: np.ndarray = _build_lut(TRAINID_TO_LABELID)
 SYNTHIA_LUT: np.ndarray = _build_lut(TRAINID_TO_SYNTHIA)
 #: trainId -> Cityscapes labelId for export (255 -> 0, "unlabeled").
 TRAINID_TO_LABELID_LUT: np.ndarray = np.zeros(256, dtype=np.uint8)
-TRAINID_TO_LABELID_LUT[: NUM_CLASSES] = TRAINID_TO_LABELID
+TRAINID_TO_LABELID_LUT[:NUM_CLASSES] = TRAINID_TO_LABELID
 
 
 @dataclass(frozen=True)
@@ -136,4 +168,3 @@ def invalid_ids(raw: np.ndarray, valid: frozenset[int]) -> list[int]:
     if ok.all():
         return []
     return [int(v) for v in np.unique(arr[~ok])[:10]]
-

@@ -20,11 +20,13 @@ processes; rank ``r`` of ``W`` loads items ``r, r+W, r+2W, ...`` of it (``rank``
 its order is recoverable (item ``j`` lives on rank ``j mod W`` at row ``j // W``). Both batch sizes
 must be divisible by ``W`` (:func:`check_global_batch`).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Optional
 
 import numpy as np
 import torch
@@ -70,8 +72,13 @@ class TrainView(Dataset):
     ``index`` is the item actually used. A plain int key ``i`` means ``(i, i, -1)``.
     """
 
-    def __init__(self, dataset: SegDataset, transform: TrainTransform,
-                 label_filter: Optional[LabelFilter] = None, on_error: str = "raise"):
+    def __init__(
+        self,
+        dataset: SegDataset,
+        transform: TrainTransform,
+        label_filter: Optional[LabelFilter] = None,
+        on_error: str = "raise",
+    ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.dataset = dataset
@@ -86,8 +93,7 @@ class TrainView(Dataset):
         if isinstance(key, (int, np.integer)):
             key = (int(key), int(key), -1)
         if len(key) not in (3, 4):
-            raise ValueError(f"TrainView key must be (index, sample_seed, required_class[, min_pixels]), "
-                             f"got {key!r}")
+            raise ValueError(f"TrainView key must be (index, sample_seed, required_class[, min_pixels]), got {key!r}")
         index, seed, required = int(key[0]), int(key[1]), int(key[2])
         min_pixels = int(key[3]) if len(key) == 4 else 0
         if self.on_error == "skip":
@@ -97,8 +103,14 @@ class TrainView(Dataset):
         if self.label_filter is not None and label is not None:
             label = self.label_filter(index, label)
         rng = np.random.default_rng(seed)
-        img_t, lab_t, geom = self.transform(image, label, rng, required_class=None if required < 0 else required,
-                                            min_class_pixels=min_pixels, return_geometry=True)
+        img_t, lab_t, geom = self.transform(
+            image,
+            label,
+            rng,
+            required_class=None if required < 0 else required,
+            min_class_pixels=min_pixels,
+            return_geometry=True,
+        )
         return {"image": img_t, "label": lab_t, "index": torch.tensor(index, dtype=torch.long), **geom}
 
 
@@ -111,9 +123,18 @@ class StepBatchSampler:
     rank ``rank``: items ``rank::world_size`` of the global batch (``batch_size // world_size`` keys).
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, stream: int, start_step: int = 0,
-                 rcs: Optional[RareClassSampler] = None, min_crop_pixels: int = 0, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        stream: int,
+        start_step: int = 0,
+        rcs: Optional[RareClassSampler] = None,
+        min_crop_pixels: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if n < 1:
             raise ValueError(f"StepBatchSampler needs a non-empty dataset (n={n})")
         if batch_size < 1:
@@ -175,10 +196,22 @@ class UDALoader:
     ``rank::world_size`` of every global batch.
     """
 
-    def __init__(self, source_view: TrainView, target_view: Optional[TrainView], batch_source: int,
-                 batch_target: int, seed: int, start_step: int = 0, num_workers: int = 0,
-                 rcs: Optional[RareClassSampler] = None, min_crop_pixels: int = 0, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(
+        self,
+        source_view: TrainView,
+        target_view: Optional[TrainView],
+        batch_source: int,
+        batch_target: int,
+        seed: int,
+        start_step: int = 0,
+        num_workers: int = 0,
+        rcs: Optional[RareClassSampler] = None,
+        min_crop_pixels: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        collate: Optional[Callable] = None,
+    ):
+        self.collate = collate
         self.source_view, self.target_view = source_view, target_view
         self.batch_source, self.batch_target = int(batch_source), int(batch_target)
         self.seed = int(seed)
@@ -195,17 +228,36 @@ class UDALoader:
 
     def _sampler(self, stream: int) -> StepBatchSampler:
         if stream == SOURCE_STREAM:
-            return StepBatchSampler(len(self.source_view), self.batch_source, self.seed, SOURCE_STREAM, self.step,
-                                    self.rcs, self.min_crop_pixels, rank=self.rank, world_size=self.world_size)
-        return StepBatchSampler(len(self.target_view), self.batch_target, self.seed, TARGET_STREAM, self.step,
-                                rank=self.rank, world_size=self.world_size)
+            return StepBatchSampler(
+                len(self.source_view),
+                self.batch_source,
+                self.seed,
+                SOURCE_STREAM,
+                self.step,
+                self.rcs,
+                self.min_crop_pixels,
+                rank=self.rank,
+                world_size=self.world_size,
+            )
+        return StepBatchSampler(
+            len(self.target_view),
+            self.batch_target,
+            self.seed,
+            TARGET_STREAM,
+            self.step,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
 
     def _loader(self, view: TrainView, sampler: StepBatchSampler) -> DataLoader:
         kw = {}
         if self.num_workers > 0:
             kw = dict(prefetch_factor=2, persistent_workers=False, worker_init_fn=_worker_init)
-        return DataLoader(view, batch_sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), **kw)
+        if self.collate is not None:
+            kw["collate_fn"] = self.collate
+        return DataLoader(
+            view, batch_sampler=sampler, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(), **kw
+        )
 
     def _start(self) -> dict:
         its = {"source": iter(self._loader(self.source_view, self._sampler(SOURCE_STREAM)))}
@@ -213,7 +265,7 @@ class UDALoader:
             its["target"] = iter(self._loader(self.target_view, self._sampler(TARGET_STREAM)))
         return its
 
-    def __iter__(self) -> "UDALoader":
+    def __iter__(self) -> UDALoader:
         return self
 
     def __next__(self) -> dict:
@@ -252,13 +304,16 @@ def check_global_batch(cfg, world_size: int) -> None:
     for key in ("batch_source", "batch_target"):
         b = int(getattr(d, key))
         if b < world_size or b % world_size:
-            raise ConfigError(f"'data.{key}' = {b} is the global batch size and must be a multiple of the "
-                              f"number of processes ({world_size}): each rank takes items rank::{world_size} "
-                              f"of every batch")
+            raise ConfigError(
+                f"'data.{key}' = {b} is the global batch size and must be a multiple of the "
+                f"number of processes ({world_size}): each rank takes items rank::{world_size} "
+                f"of every batch"
+            )
 
 
-def build_train_loader(cfg, start_step: int = 0, target_label_filter: Optional[LabelFilter] = None,
-                       with_target_labels: bool = False) -> UDALoader:
+def build_train_loader(
+    cfg, start_step: int = 0, target_label_filter: Optional[LabelFilter] = None, with_target_labels: bool = False
+) -> UDALoader:
     """The training loader of a :class:`balda.config.Config`.
 
     Source and target datasets come from ``cfg.data``; the target is read with labels only when
@@ -282,18 +337,41 @@ def build_train_loader(cfg, start_step: int = 0, target_label_filter: Optional[L
     target = build_dataset(tcfg)
     rcs, min_crop = None, 0
     if d.rcs.enabled:
-        counts = dist.main_first(lambda: class_pixel_counts(  # rank 0 fills the cache, the others read it
-            source, num_classes=cfg.model.num_classes, progress=cfg.train.progress and dist.is_main()))
+        counts = dist.main_first(
+            lambda: class_pixel_counts(  # rank 0 fills the cache, the others read it
+                source, num_classes=cfg.model.num_classes, progress=cfg.train.progress and dist.is_main()
+            )
+        )
         rcs = RareClassSampler(counts, temperature=d.rcs.temperature, min_pixels=d.rcs.min_pixels)
         min_crop = rcs_min_crop_pixels(d.rcs.min_crop_pixels, d.crop)
         log.info("%r; crops need >= %d pixels of the sampled class", rcs, min_crop)
     src_view = TrainView(source, TrainTransform.from_config(d, d.source), on_error=d.source.on_error)
-    tgt_view = TrainView(target, TrainTransform.from_config(d, tcfg), label_filter=target_label_filter,
-                         on_error=tcfg.on_error)
-    return UDALoader(src_view, tgt_view, d.batch_source, d.batch_target, seed=cfg.train.seed,
-                     start_step=start_step, num_workers=d.num_workers, rcs=rcs, min_crop_pixels=min_crop,
-                     rank=rank, world_size=world)
+    tgt_view = TrainView(
+        target, TrainTransform.from_config(d, tcfg), label_filter=target_label_filter, on_error=tcfg.on_error
+    )
+    return UDALoader(
+        src_view,
+        tgt_view,
+        d.batch_source,
+        d.batch_target,
+        seed=cfg.train.seed,
+        start_step=start_step,
+        num_workers=d.num_workers,
+        rcs=rcs,
+        min_crop_pixels=min_crop,
+        rank=rank,
+        world_size=world,
+    )
 
 
-__all__ = ["TrainView", "StepBatchSampler", "UDALoader", "build_train_loader", "sample_seed",
-           "rcs_min_crop_pixels", "check_global_batch", "SOURCE_STREAM", "TARGET_STREAM"]
+__all__ = [
+    "TrainView",
+    "StepBatchSampler",
+    "UDALoader",
+    "build_train_loader",
+    "sample_seed",
+    "rcs_min_crop_pixels",
+    "check_global_batch",
+    "SOURCE_STREAM",
+    "TARGET_STREAM",
+]

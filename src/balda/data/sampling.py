@@ -7,6 +7,7 @@ Given the per-image class pixel counts ``counts`` (N, K) of the source set:
 * ``P(c) = softmax((1 - f_c) / T)`` over the eligible classes (0 for the others);
 * a draw picks a class c ~ P, then an image uniformly among those with > ``min_pixels`` of c.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,8 +37,10 @@ class RareClassSampler:
         self._images = [np.flatnonzero(has[:, c]) for c in range(k)]
         eligible = has.any(axis=0)
         if not eligible.any():
-            raise ValueError(f"RCS: no image holds more than min_pixels={self.min_pixels} pixels of any "
-                             "class; lower data.rcs.min_pixels")
+            raise ValueError(
+                f"RCS: no image holds more than min_pixels={self.min_pixels} pixels of any "
+                "class; lower data.rcs.min_pixels"
+            )
         logits = (1.0 - self.class_freq) / self.temperature
         logits = np.where(eligible, logits, -np.inf)
         e = np.exp(logits - logits[eligible].max())
@@ -57,8 +60,10 @@ class RareClassSampler:
 
     def __repr__(self) -> str:
         top = np.argsort(-self.class_probs)[:3].tolist()
-        return (f"RareClassSampler(N={len(self.counts)}, T={self.temperature}, "
-                f"min_pixels={self.min_pixels}, top classes={top})")
+        return (
+            f"RareClassSampler(N={len(self.counts)}, T={self.temperature}, "
+            f"min_pixels={self.min_pixels}, top classes={top})"
+        )
 
 
 __all__ = ["RareClassSampler"]

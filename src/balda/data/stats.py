@@ -6,6 +6,7 @@ in ``<root>/.balda_stats/<split>_<key>.npz`` where ``<key>`` hashes the dataset 
 label file sizes (:meth:`SegDataset.fingerprint`) and K. When the root is not writable the cache
 goes to ``~/.cache/balda/`` instead. Writes are atomic (temporary file + ``os.replace``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,8 +37,10 @@ def cache_paths(dataset, num_classes: int = 19, cache_dir: Optional[os.PathLike]
     """Candidate cache files, in order of preference: next to the dataset, then the user cache."""
     key = cache_key(dataset, num_classes)
     fallback = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "balda"
-    return [Path(dataset.root) / ".balda_stats" / f"{dataset.split}_{key}.npz",
-            fallback / f"{dataset.kind}_{dataset.split}_{key}.npz"]
+    return [
+        Path(dataset.root) / ".balda_stats" / f"{dataset.split}_{key}.npz",
+        fallback / f"{dataset.kind}_{dataset.split}_{key}.npz",
+    ]
 
 
 def _try_load(path: Path, names: list[str], num_classes: int) -> Optional[np.ndarray]:
@@ -73,8 +76,14 @@ def _try_save(path: Path, counts: np.ndarray, names: list[str]) -> bool:
         return False
 
 
-def class_pixel_counts(dataset, num_classes: int = 19, cache: bool = True, progress: bool = True,
-                       num_threads: int = 4, cache_dir: Optional[os.PathLike] = None) -> np.ndarray:
+def class_pixel_counts(
+    dataset,
+    num_classes: int = 19,
+    cache: bool = True,
+    progress: bool = True,
+    num_threads: int = 4,
+    cache_dir: Optional[os.PathLike] = None,
+) -> np.ndarray:
     """Return the (N, K) int64 matrix of pixels of class k in the label of item n (255 not counted).
 
     Labels are read with ``dataset.load_label`` (images are never decoded), ``num_threads`` at a
@@ -107,8 +116,10 @@ def class_pixel_counts(dataset, num_classes: int = 19, cache: bool = True, progr
             return np.zeros(num_classes, dtype=np.int64)
 
     counts = np.zeros((len(names), num_classes), dtype=np.int64)
-    with progress_bar(f"class statistics {dataset.kind}/{dataset.split}", len(names), progress) as bar, \
-            ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+    with (
+        progress_bar(f"class statistics {dataset.kind}/{dataset.split}", len(names), progress) as bar,
+        ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool,
+    ):
         for i, row in enumerate(pool.map(one, range(len(names)))):
             counts[i] = row
             bar.advance()
@@ -119,8 +130,7 @@ def class_pixel_counts(dataset, num_classes: int = 19, cache: bool = True, progr
             break
     else:
         if paths:
-            log.warning("could not cache the class statistics of %r in any of %s", dataset,
-                        [str(p) for p in paths])
+            log.warning("could not cache the class statistics of %r in any of %s", dataset, [str(p) for p in paths])
     return counts
 
 

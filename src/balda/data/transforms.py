@@ -5,9 +5,11 @@ All randomness comes from an explicit ``np.random.Generator`` so a sample is a p
 (image, label, seed): loaders derive the seed from the training step and a resumed run sees the
 same crops. Images are ``uint8`` (H, W, 3) RGB, labels ``uint8`` (H, W) trainIds with 255 = ignore.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -58,9 +60,18 @@ def _class_counts(label: np.ndarray) -> np.ndarray:
     return np.bincount(label.ravel(), minlength=256)
 
 
-def random_crop(image: np.ndarray, label: Optional[np.ndarray], crop_hw, rng: np.random.Generator,
-                cat_max_ratio: float = 1.0, ignore: int = IGNORE_INDEX, attempts: int = 10,
-                required_class: Optional[int] = None, min_class_pixels: int = 0, return_box: bool = False):
+def random_crop(
+    image: np.ndarray,
+    label: Optional[np.ndarray],
+    crop_hw,
+    rng: np.random.Generator,
+    cat_max_ratio: float = 1.0,
+    ignore: int = IGNORE_INDEX,
+    attempts: int = 10,
+    required_class: Optional[int] = None,
+    min_class_pixels: int = 0,
+    return_box: bool = False,
+):
     """Random ``crop_hw`` crop of the image and label (and, with ``return_box``, its ``(y, x)`` offset).
 
     * Inputs smaller than the crop are first padded at the bottom/right (image 0, label ``ignore``).
@@ -82,7 +93,7 @@ def random_crop(image: np.ndarray, label: Optional[np.ndarray], crop_hw, rng: np
 
     def cat_ok(box) -> bool:
         y, x = box
-        cnt = _class_counts(label[y:y + ch, x:x + cw])
+        cnt = _class_counts(label[y : y + ch, x : x + cw])
         cnt[ignore] = 0
         cnt = cnt[cnt > 0]
         return len(cnt) > 1 and cnt.max() / cnt.sum() < cat_max_ratio
@@ -102,7 +113,7 @@ def random_crop(image: np.ndarray, label: Optional[np.ndarray], crop_hw, rng: np
 
         def n_class(b):
             y, x = b
-            return int(np.count_nonzero(label[y:y + ch, x:x + cw] == c))
+            return int(np.count_nonzero(label[y : y + ch, x : x + cw] == c))
 
         best, best_n = box, n_class(box)
         for _ in range(attempts):
@@ -114,9 +125,9 @@ def random_crop(image: np.ndarray, label: Optional[np.ndarray], crop_hw, rng: np
                 best, best_n = box, n
         box = best
     y, x = box
-    image = image[y:y + ch, x:x + cw]
+    image = image[y : y + ch, x : x + cw]
     if label is not None:
-        label = label[y:y + ch, x:x + cw]
+        label = label[y : y + ch, x : x + cw]
     if return_box:
         return image, label, (y, x)
     return image, label
@@ -171,8 +182,9 @@ def photometric_jitter(image: np.ndarray, rng: np.random.Generator, strength: fl
     return np.rint(x).astype(np.uint8)
 
 
-def normalize(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def normalize(
+    image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     """``(image - mean) / std`` per channel as a float32 tensor of shape (3, H, W)."""
     m = np.asarray(mean, dtype=np.float32).reshape(1, 1, -1)
     s = np.asarray(std, dtype=np.float32).reshape(1, 1, -1)
@@ -192,10 +204,18 @@ class TrainTransform:
     ``flip`` (applied after the crop); CPSL uses it to align stored whole-image pseudo-labels.
     """
 
-    def __init__(self, crop=None, resize=None, flip: float = 0.5, cat_max_ratio: float = 1.0,
-                 jitter: float = 0.0, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, crop_attempts: int = 10,
-                 ignore: int = IGNORE_INDEX):
+    def __init__(
+        self,
+        crop=None,
+        resize=None,
+        flip: float = 0.5,
+        cat_max_ratio: float = 1.0,
+        jitter: float = 0.0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        crop_attempts: int = 10,
+        ignore: int = IGNORE_INDEX,
+    ):
         self.crop = None if crop is None else _hw(crop, "data.crop")
         self.resize = None if resize is None else _hw(resize, "resize")
         if not 0.0 <= flip <= 1.0:
@@ -215,27 +235,51 @@ class TrainTransform:
         self.ignore = int(ignore)
 
     @classmethod
-    def from_config(cls, data_cfg, dataset_cfg) -> "TrainTransform":
+    def from_config(cls, data_cfg, dataset_cfg) -> TrainTransform:
         """From a :class:`balda.config.DataConfig` and the :class:`DatasetConfig` being transformed."""
-        return cls(crop=data_cfg.crop, resize=dataset_cfg.resize, flip=data_cfg.flip,
-                   cat_max_ratio=data_cfg.cat_max_ratio, jitter=data_cfg.jitter, mean=data_cfg.mean,
-                   std=data_cfg.std, crop_attempts=data_cfg.rcs.max_crop_attempts)
+        return cls(
+            crop=data_cfg.crop,
+            resize=dataset_cfg.resize,
+            flip=data_cfg.flip,
+            cat_max_ratio=data_cfg.cat_max_ratio,
+            jitter=data_cfg.jitter,
+            mean=data_cfg.mean,
+            std=data_cfg.std,
+            crop_attempts=data_cfg.rcs.max_crop_attempts,
+        )
 
     def __repr__(self) -> str:
-        return (f"TrainTransform(crop={self.crop}, resize={self.resize}, flip={self.flip}, "
-                f"cat_max_ratio={self.cat_max_ratio}, jitter={self.jitter})")
+        return (
+            f"TrainTransform(crop={self.crop}, resize={self.resize}, flip={self.flip}, "
+            f"cat_max_ratio={self.cat_max_ratio}, jitter={self.jitter})"
+        )
 
-    def __call__(self, image: np.ndarray, label: Optional[np.ndarray], rng: np.random.Generator,
-                 required_class: Optional[int] = None, min_class_pixels: int = 0, return_geometry: bool = False):
+    def __call__(
+        self,
+        image: np.ndarray,
+        label: Optional[np.ndarray],
+        rng: np.random.Generator,
+        required_class: Optional[int] = None,
+        min_class_pixels: int = 0,
+        return_geometry: bool = False,
+    ):
         if self.resize is not None:
             image, label = resize(image, label, self.resize)
         H, W = image.shape[:2]
         box = (0.0, 0.0, 1.0, 1.0)
         if self.crop is not None:
-            image, label, (y, x) = random_crop(image, label, self.crop, rng, cat_max_ratio=self.cat_max_ratio,
-                                               ignore=self.ignore, attempts=self.crop_attempts,
-                                               required_class=required_class, min_class_pixels=min_class_pixels,
-                                               return_box=True)
+            image, label, (y, x) = random_crop(
+                image,
+                label,
+                self.crop,
+                rng,
+                cat_max_ratio=self.cat_max_ratio,
+                ignore=self.ignore,
+                attempts=self.crop_attempts,
+                required_class=required_class,
+                min_class_pixels=min_class_pixels,
+                return_box=True,
+            )
             box = (y / H, x / W, (y + self.crop[0]) / H, (x + self.crop[1]) / W)
         flipped = bool(rng.random() < self.flip)
         if flipped:
@@ -252,5 +296,14 @@ class TrainTransform:
         return img_t, lab_t
 
 
-__all__ = ["resize", "pad_to", "random_crop", "hflip", "photometric_jitter", "normalize",
-           "TrainTransform", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "resize",
+    "pad_to",
+    "random_crop",
+    "hflip",
+    "photometric_jitter",
+    "normalize",
+    "TrainTransform",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]

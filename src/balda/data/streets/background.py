@@ -1,5 +1,6 @@
 """The static scene of the street benchmark: lateral layout, facades (buildings, vegetation, walls,
 fences), the skyline and sky, and the ground (road, markings, kerbs, sidewalks, verges)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,6 +9,7 @@ import numpy as np
 
 from .geometry import _Cam, _Canvas, _pick
 from .style import BUILDING, FENCE, ROAD, SIDEWALK, SKY, TERRAIN, VEG, WALL
+
 
 @dataclass
 class _Layout:
@@ -59,8 +61,8 @@ def _side_profile(rng: np.random.Generator, st: dict, pr: dict, zgrid: np.ndarra
     window grid, and an optional low wall or fence in front."""
     n = len(zgrid)
     out = {k: np.zeros(n, np.float32) for k in ("top", "front_h", "start", "win_dz", "floor_h")}
-    out["kind"] = np.zeros(n, np.uint8)        # 0 building, 1 vegetation
-    out["front"] = np.zeros(n, np.uint8)       # 0 none, 1 wall, 2 fence
+    out["kind"] = np.zeros(n, np.uint8)  # 0 building, 1 vegetation
+    out["front"] = np.zeros(n, np.uint8)  # 0 none, 1 wall, 2 fence
     out["shop"] = np.zeros(n, bool)
     out["colour"] = np.zeros((n, 3), np.float32)
     z, i0 = 0.0, 0
@@ -94,8 +96,17 @@ def _side_profile(rng: np.random.Generator, st: dict, pr: dict, zgrid: np.ndarra
     return out
 
 
-def _background(cv: _Canvas, cam: _Cam, rng: np.random.Generator, st: dict, pr: dict, lay: _Layout,
-                fields: dict, yy: np.ndarray, xx: np.ndarray) -> None:
+def _background(
+    cv: _Canvas,
+    cam: _Cam,
+    rng: np.random.Generator,
+    st: dict,
+    pr: dict,
+    lay: _Layout,
+    fields: dict,
+    yy: np.ndarray,
+    xx: np.ndarray,
+) -> None:
     """Per-pixel ray casting of the static scene: ground (road, markings, kerb, sidewalk, verge),
     the two facade planes (buildings with windows, vegetation blocks, walls, fences), skyline, sky.
 
@@ -115,12 +126,15 @@ def _background(cv: _Canvas, cam: _Cam, rng: np.random.Generator, st: dict, pr: 
     sk_tree = (rng.random(64) < 0.35)[si]
     F = np.flatnonzero((yy >= sky_line[None, :]) & (yy < cam.yh))
     tree = sk_tree[xf[F].astype(np.int64)]
-    img[F] = np.where(tree[:, None], np.asarray(st["vegetation"]["colours"], np.float32).mean(0) * 0.9,
-                      np.asarray(st["building"]["colours"], np.float32).mean(0) * 0.9)
+    img[F] = np.where(
+        tree[:, None],
+        np.asarray(st["vegetation"]["colours"], np.float32).mean(0) * 0.9,
+        np.asarray(st["building"]["colours"], np.float32).mean(0) * 0.9,
+    )
     lab[F] = np.where(tree, VEG, BUILDING)
 
     # ---- facades: the left plane X = -XL for columns left of the vanishing point, right plane X = +XR
-    d = yf - cam.yh                                         # rows below the horizon
+    d = yf - cam.yh  # rows below the horizon
     left = xf < cam.vx
     zp = cam.f * np.where(left, lay.XL, lay.XR) / np.maximum(np.abs(xf - cam.vx), 1e-3)
     Yp = cam.h - d * zp / cam.f
@@ -148,16 +162,17 @@ def _background(cv: _Canvas, cam: _Cam, rng: np.random.Generator, st: dict, pr: 
     fu, fv = np.mod(u / wdz, 1.0), np.mod(pY / fh, 1.0)
     upper = bld & (pY > 3.2) & (pY < ptop - 1.0)
     win = upper & (np.abs(fu - 0.5) < ww / 2) & (fv > 0.3) & (fv < 0.78)
-    res = np.clip((cam.f * fh / pz - 2.0) / 3.0, 0, 1)[:, None]       # 0: unresolvable, 1: sharp
+    res = np.clip((cam.f * fh / pz - 2.0) / 3.0, 0, 1)[:, None]  # 0: unresolvable, 1: sharp
     wcol = np.asarray(st["building"]["window"], np.float32)
     avg = col * 0.75 + wcol * 0.25
-    col = np.where(upper[:, None], np.where(win[:, None], res * wcol + (1 - res) * avg, res * col + (1 - res) * avg),
-                   col)
+    col = np.where(
+        upper[:, None], np.where(win[:, None], res * wcol + (1 - res) * avg, res * col + (1 - res) * avg), col
+    )
     shop = bld & side("shop") & (pY > 0.4) & (pY < 2.6) & (np.abs(np.mod(u / 6.0, 1) - 0.5) < 0.36)
     col[shop] = st["building"]["shop"]
-    col[bld & (pY > ptop - 0.45)] *= 0.82                             # cornice
+    col[bld & (pY > ptop - 0.45)] *= 0.82  # cornice
     cls = np.where(bld, BUILDING, VEG).astype(np.uint8)
-    grass = ~bld & (pY < 0.5)                                         # grass under hedges / park trees
+    grass = ~bld & (pY < 0.5)  # grass under hedges / park trees
     col[grass] = st["terrain"]["base"]
     cls[grass] = TERRAIN
     # low walls and fences in front of some blocks (fence: a lattice with the block showing through)
@@ -194,7 +209,7 @@ def _background(cv: _Canvas, cam: _Cam, rng: np.random.Generator, st: dict, pr: 
     m = np.zeros(len(G), bool)
     for a, b in zip(lanes[:-1], lanes[1:]):
         x = (a + b) / 2
-        if abs(x + 1.6) < 0.01:                                   # centre line between the directions
+        if abs(x + 1.6) < 0.01:  # centre line between the directions
             col[road & (np.abs(Xg - x) < mark_w)] = st["road"]["centre"]
         else:
             m |= road & (np.abs(Xg - x) < mark_w) & dash
@@ -218,5 +233,3 @@ def _background(cv: _Canvas, cam: _Cam, rng: np.random.Generator, st: dict, pr: 
     shadow_edge = lay.RR + lay.SR - rng.uniform(2.0, 8.0)
     col[Xg > shadow_edge] *= 1 - 0.45 * sun
     img[G], lab[G] = col, cls
-
-

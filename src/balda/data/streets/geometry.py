@@ -1,5 +1,6 @@
 """Drawing primitives of the street benchmark: the pin-hole camera, the paired image/label canvas,
 vertical planes, polygons, colour picking and noise fields."""
+
 from __future__ import annotations
 
 import math
@@ -9,6 +10,7 @@ import cv2
 import numpy as np
 
 from balda.data.labels import IGNORE_INDEX
+
 
 @dataclass
 class _Cam:
@@ -134,7 +136,9 @@ def _grids(H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
 def _smooth_noise(rng: np.random.Generator, H: int, W: int, cell: int) -> np.ndarray:
     """Zero-mean, unit-std noise with structures of about ``cell`` pixels (bicubic upsampling)."""
     small = rng.standard_normal((max(2, H // cell + 2), max(2, W // cell + 2))).astype(np.float32)
-    big = cv2.resize(small, (W + 2 * cell, H + 2 * cell), interpolation=cv2.INTER_CUBIC)[cell:cell + H, cell:cell + W]
+    big = cv2.resize(small, (W + 2 * cell, H + 2 * cell), interpolation=cv2.INTER_CUBIC)[
+        cell : cell + H, cell : cell + W
+    ]
     return (big - big.mean()) / (big.std() + 1e-6)
 
 
@@ -147,5 +151,3 @@ def _fields(rng: np.random.Generator, H: int, W: int, yy: np.ndarray, xx: np.nda
         "hstripe": np.sin(yy * (2 * np.pi / (3.0 * k))).astype(np.float32),
         "vstripe": np.sin(xx * (2 * np.pi / (4.0 * k))).astype(np.float32),
     }
-
-

@@ -1,9 +1,10 @@
 """Objects of the street benchmark: vehicles, people, riders, two-wheelers, trees, poles with signs
 and lights, unlabelled street furniture, and their placement in a scene."""
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -13,8 +14,8 @@ from .background import _Layout
 from .geometry import _Cam, _Canvas, _circle, _pick, _Plane, _segment
 from .style import BIKE, BUS, CAR, LIGHT, MOTO, PERSON, POLE, RIDER, SIGN, TRAIN, TRUCK, VEG
 
-def _draw_box(cv: _Canvas, cam: _Cam, x0, x1, y0, y1, z0, z1, colour, cls: int,
-              back_colour=None) -> None:
+
+def _draw_box(cv: _Canvas, cam: _Cam, x0, x1, y0, y1, z0, z1, colour, cls: int, back_colour=None) -> None:
     """An axis-aligned 3-D box: its visible faces (near face, one side, top) with simple shading."""
     colour = np.asarray(colour, np.float32)
     if y1 < cam.h:
@@ -23,8 +24,11 @@ def _draw_box(cv: _Canvas, cam: _Cam, x0, x1, y0, y1, z0, z1, colour, cls: int,
         cv.fill(cam.project(np.array([[x0, y0, z0], [x0, y0, z1], [x0, y1, z1], [x0, y1, z0]])), cls, colour * 0.8)
     elif x1 < 0:
         cv.fill(cam.project(np.array([[x1, y0, z0], [x1, y0, z1], [x1, y1, z1], [x1, y1, z0]])), cls, colour * 0.8)
-    cv.fill(cam.project(np.array([[x0, y0, z0], [x1, y0, z0], [x1, y1, z0], [x0, y1, z0]])), cls,
-            colour if back_colour is None else back_colour)
+    cv.fill(
+        cam.project(np.array([[x0, y0, z0], [x1, y0, z0], [x1, y1, z0], [x0, y1, z0]])),
+        cls,
+        colour if back_colour is None else back_colour,
+    )
 
 
 def _side_x(x0: float, x1: float) -> float | None:
@@ -40,8 +44,14 @@ def _wheels_side(cv: _Canvas, cam: _Cam, xs: float, zs: list[float], r: float, c
 
 
 def _shadow(cv: _Canvas, cam: _Cam, x0, x1, z0, z1) -> None:
-    cv.shade(cam.project(np.array([[x0 - 0.15, 0, z0 - 0.2], [x1 + 0.15, 0, z0 - 0.2], [x1 + 0.15, 0, z1 + 0.1],
-                                   [x0 - 0.15, 0, z1 + 0.1]])), 0.55)
+    cv.shade(
+        cam.project(
+            np.array(
+                [[x0 - 0.15, 0, z0 - 0.2], [x1 + 0.15, 0, z0 - 0.2], [x1 + 0.15, 0, z1 + 0.1], [x0 - 0.15, 0, z1 + 0.1]]
+            )
+        ),
+        0.55,
+    )
 
 
 def _draw_car(cv: _Canvas, cam: _Cam, rng, st: dict, Xc: float, z0: float, oncoming: bool) -> None:
@@ -57,8 +67,11 @@ def _draw_car(cv: _Canvas, cam: _Cam, rng, st: dict, Xc: float, z0: float, oncom
     _shadow(cv, cam, x0, x1, z0, z1)
     # tyres under the near face
     for a, b in ((x0 + 0.08, x0 + 0.36), (x1 - 0.36, x1 - 0.08)):
-        cv.fill(cam.project(np.array([[a, 0, z0 + 0.7], [b, 0, z0 + 0.7], [b, 0.34, z0 + 0.7], [a, 0.34, z0 + 0.7]])),
-                CAR, tyre)
+        cv.fill(
+            cam.project(np.array([[a, 0, z0 + 0.7], [b, 0, z0 + 0.7], [b, 0.34, z0 + 0.7], [a, 0.34, z0 + 0.7]])),
+            CAR,
+            tyre,
+        )
     _draw_box(cv, cam, x0, x1, 0.3, bt, z0, z1, body, CAR)
     xs = _side_x(x0, x1)
     if xs is not None:
@@ -70,19 +83,27 @@ def _draw_car(cv: _Canvas, cam: _Cam, rng, st: dict, Xc: float, z0: float, oncom
     zc0, zc1 = z0 + back, z1 - fwd
     slope = 0.35 * (1 - boxy) + 0.1
     ix = 0.08
-    rear = np.array([[x0 + ix, bt, zc0], [x1 - ix, bt, zc0], [x1 - ix - taper, ct, zc0 + slope],
-                     [x0 + ix + taper, ct, zc0 + slope]])
+    rear = np.array(
+        [[x0 + ix, bt, zc0], [x1 - ix, bt, zc0], [x1 - ix - taper, ct, zc0 + slope], [x0 + ix + taper, ct, zc0 + slope]]
+    )
     if xs is not None:
         sgn = 1 if xs == x0 else -1
         xs_top = xs + sgn * (ix + taper)
-        sidep = np.array([[xs + sgn * ix, bt, zc0], [xs + sgn * ix, bt, zc1], [xs_top, ct, zc1 - slope],
-                          [xs_top, ct, zc0 + slope]])
+        sidep = np.array(
+            [[xs + sgn * ix, bt, zc0], [xs + sgn * ix, bt, zc1], [xs_top, ct, zc1 - slope], [xs_top, ct, zc0 + slope]]
+        )
         cv.fill(cam.project(sidep), CAR, body * 0.8)
         c = sidep.mean(0)
         cv.fill(cam.project(c + 0.8 * (sidep - c)), CAR, glass * 0.9)
     if ct < cam.h:
-        roof = np.array([[x0 + ix + taper, ct, zc0 + slope], [x1 - ix - taper, ct, zc0 + slope],
-                         [x1 - ix - taper, ct, zc1 - slope], [x0 + ix + taper, ct, zc1 - slope]])
+        roof = np.array(
+            [
+                [x0 + ix + taper, ct, zc0 + slope],
+                [x1 - ix - taper, ct, zc0 + slope],
+                [x1 - ix - taper, ct, zc1 - slope],
+                [x0 + ix + taper, ct, zc1 - slope],
+            ]
+        )
         cv.fill(cam.project(roof), CAR, body * 1.1)
     cv.fill(cam.project(rear), CAR, body)
     c = rear.mean(0)
@@ -91,8 +112,13 @@ def _draw_car(cv: _Canvas, cam: _Cam, rng, st: dict, Xc: float, z0: float, oncom
     lc = np.array([235, 235, 210], np.float32) if oncoming else np.array([200, 20, 24], np.float32)
     for a, b in ((x0 + 0.08, x0 + 0.38), (x1 - 0.38, x1 - 0.08)):
         cv.fill(cam.project(np.array([[a, 0.68, z0], [b, 0.68, z0], [b, 0.82, z0], [a, 0.82, z0]])), CAR, lc)
-    cv.fill(cam.project(np.array([[Xc - 0.25, 0.42, z0], [Xc + 0.25, 0.42, z0], [Xc + 0.25, 0.54, z0],
-                                  [Xc - 0.25, 0.54, z0]])), CAR, np.array([225, 225, 215], np.float32))
+    cv.fill(
+        cam.project(
+            np.array([[Xc - 0.25, 0.42, z0], [Xc + 0.25, 0.42, z0], [Xc + 0.25, 0.54, z0], [Xc - 0.25, 0.54, z0]])
+        ),
+        CAR,
+        np.array([225, 225, 215], np.float32),
+    )
 
 
 def _draw_truck(cv: _Canvas, cam: _Cam, rng, st: dict, Xc: float, z0: float, oncoming: bool) -> float:
@@ -118,13 +144,34 @@ def _draw_truck(cv: _Canvas, cam: _Cam, rng, st: dict, Xc: float, z0: float, onc
         else:
             _draw_box(cv, cam, x0, x1, 0.9, hgt, a, b, cargo, TRUCK)
             if not oncoming:
-                cv.fill(cam.project(np.array([[Xc - 0.03, 1.0, a], [Xc + 0.03, 1.0, a], [Xc + 0.03, hgt - 0.1, a],
-                                              [Xc - 0.03, hgt - 0.1, a]])), TRUCK, cargo * 0.6)
-                cv.fill(cam.project(np.array([[x0, 0.55, a], [x1, 0.55, a], [x1, 0.9, a], [x0, 0.9, a]])), TRUCK,
-                        tyre * 1.5)
+                cv.fill(
+                    cam.project(
+                        np.array(
+                            [
+                                [Xc - 0.03, 1.0, a],
+                                [Xc + 0.03, 1.0, a],
+                                [Xc + 0.03, hgt - 0.1, a],
+                                [Xc - 0.03, hgt - 0.1, a],
+                            ]
+                        )
+                    ),
+                    TRUCK,
+                    cargo * 0.6,
+                )
+                cv.fill(
+                    cam.project(np.array([[x0, 0.55, a], [x1, 0.55, a], [x1, 0.9, a], [x0, 0.9, a]])), TRUCK, tyre * 1.5
+                )
     if xs is not None:
-        _wheels_side(cv, cam, xs, [z0 + 1.2, z1 - 1.4, z1 - 2.6] if not oncoming else [z0 + 1.2, z0 + 5.0, z1 - 1.2],
-                     0.5, TRUCK, tyre, hub)
+        _wheels_side(
+            cv,
+            cam,
+            xs,
+            [z0 + 1.2, z1 - 1.4, z1 - 2.6] if not oncoming else [z0 + 1.2, z0 + 5.0, z1 - 1.2],
+            0.5,
+            TRUCK,
+            tyre,
+            hub,
+        )
     return l
 
 
@@ -143,15 +190,26 @@ def _draw_bus(cv: _Canvas, cam: _Cam, rng, st: dict, Xc: float, z0: float, oncom
         band = np.array([[xs, 1.25, z0 + 0.4], [xs, 1.25, z1 - 0.4], [xs, 2.55, z1 - 0.4], [xs, 2.55, z0 + 0.4]])
         cv.fill(cam.project(band), BUS, glass)
         for zp in np.arange(z0 + 1.6, z1 - 0.5, 1.4):
-            cv.fill(cam.project(np.array([[xs, 1.25, zp], [xs, 1.25, zp + 0.12], [xs, 2.55, zp + 0.12],
-                                          [xs, 2.55, zp]])), BUS, body * 0.8)
+            cv.fill(
+                cam.project(np.array([[xs, 1.25, zp], [xs, 1.25, zp + 0.12], [xs, 2.55, zp + 0.12], [xs, 2.55, zp]])),
+                BUS,
+                body * 0.8,
+            )
         _wheels_side(cv, cam, xs, [z0 + 2.4, z1 - 3.0], 0.5, BUS, tyre, hub)
     lo, hi = (0.95, 2.8) if oncoming else (1.6, 2.7)
-    cv.fill(cam.project(np.array([[x0 + 0.15, lo, z0], [x1 - 0.15, lo, z0], [x1 - 0.15, hi, z0],
-                                  [x0 + 0.15, hi, z0]])), BUS, glass)
+    cv.fill(
+        cam.project(np.array([[x0 + 0.15, lo, z0], [x1 - 0.15, lo, z0], [x1 - 0.15, hi, z0], [x0 + 0.15, hi, z0]])),
+        BUS,
+        glass,
+    )
     if oncoming:
-        cv.fill(cam.project(np.array([[x0 + 0.4, 2.85, z0], [x1 - 0.4, 2.85, z0], [x1 - 0.4, 3.05, z0],
-                                      [x0 + 0.4, 3.05, z0]])), BUS, np.array([240, 160, 40], np.float32))
+        cv.fill(
+            cam.project(
+                np.array([[x0 + 0.4, 2.85, z0], [x1 - 0.4, 2.85, z0], [x1 - 0.4, 3.05, z0], [x0 + 0.4, 3.05, z0]])
+            ),
+            BUS,
+            np.array([240, 160, 40], np.float32),
+        )
     return l
 
 
@@ -166,16 +224,26 @@ def _draw_train(cv: _Canvas, cam: _Cam, rng, st: dict, Xc: float, z0: float, onc
     _draw_box(cv, cam, x0, x1, 0.35, 3.4, z0, z1, body, TRAIN)
     xs = _side_x(x0, x1)
     if xs is not None:
-        cv.fill(cam.project(np.array([[xs, 2.45, z0], [xs, 2.45, z1], [xs, 3.4, z1], [xs, 3.4, z0]])), TRAIN,
-                stripe * 0.85)
-        cv.fill(cam.project(np.array([[xs, 1.2, z0 + 0.4], [xs, 1.2, z1], [xs, 2.35, z1], [xs, 2.35, z0 + 0.4]])),
-                TRAIN, glass)
+        cv.fill(
+            cam.project(np.array([[xs, 2.45, z0], [xs, 2.45, z1], [xs, 3.4, z1], [xs, 3.4, z0]])), TRAIN, stripe * 0.85
+        )
+        cv.fill(
+            cam.project(np.array([[xs, 1.2, z0 + 0.4], [xs, 1.2, z1], [xs, 2.35, z1], [xs, 2.35, z0 + 0.4]])),
+            TRAIN,
+            glass,
+        )
         for zp in np.arange(z0 + 2.0, z1, 2.0):
-            cv.fill(cam.project(np.array([[xs, 1.2, zp], [xs, 1.2, zp + 0.15], [xs, 2.35, zp + 0.15],
-                                          [xs, 2.35, zp]])), TRAIN, body * 0.8)
+            cv.fill(
+                cam.project(np.array([[xs, 1.2, zp], [xs, 1.2, zp + 0.15], [xs, 2.35, zp + 0.15], [xs, 2.35, zp]])),
+                TRAIN,
+                body * 0.8,
+            )
     cv.fill(cam.project(np.array([[x0, 2.45, z0], [x1, 2.45, z0], [x1, 3.4, z0], [x0, 3.4, z0]])), TRAIN, stripe)
-    cv.fill(cam.project(np.array([[x0 + 0.2, 1.2, z0], [x1 - 0.2, 1.2, z0], [x1 - 0.2, 2.35, z0],
-                                  [x0 + 0.2, 2.35, z0]])), TRAIN, glass)
+    cv.fill(
+        cam.project(np.array([[x0 + 0.2, 1.2, z0], [x1 - 0.2, 1.2, z0], [x1 - 0.2, 2.35, z0], [x0 + 0.2, 2.35, z0]])),
+        TRAIN,
+        glass,
+    )
     zp = z0 + 4.0
     pts = cam.project(np.array([[Xc - 0.6, 3.4, zp], [Xc, 4.5, zp + 0.8], [Xc + 0.6, 3.4, zp + 1.6]]))
     cv.line(pts, TRAIN, body * 0.6, cam.px(0.08, zp))
@@ -200,15 +268,20 @@ def _draw_person(cv: _Canvas, cam: _Cam, rng, st: dict, X: float, z: float) -> N
         sx = sgn * (sw / 2 + 0.01 * h)
         pl.fill(cv, _segment((sx, 0.81 * h), (sx + sgn * 0.025 * h, 0.5 * h), 0.06 * h), PERSON, top * 0.85)
     waist = sw * (0.85 + 0.1 * slim)
-    pl.fill(cv, np.array([[-waist / 2, hip - 0.02 * h], [waist / 2, hip - 0.02 * h], [sw / 2, 0.83 * h],
-                          [-sw / 2, 0.83 * h]]), PERSON, top)
+    pl.fill(
+        cv,
+        np.array([[-waist / 2, hip - 0.02 * h], [waist / 2, hip - 0.02 * h], [sw / 2, 0.83 * h], [-sw / 2, 0.83 * h]]),
+        PERSON,
+        top,
+    )
     r = 0.066 * h
     pl.fill(cv, _circle(0, 0.9 * h, r, 12), PERSON, _pick(rng, ps["skin"], 0.12))
     pl.fill(cv, _circle(0, 0.92 * h, r * 1.02, 12, ry=r * 0.55), PERSON, ps["hair"])
 
 
-def _draw_bike(cv: _Canvas, cam: _Cam, rng, st: dict, X: float, z: float, theta: float, moto: bool,
-               rider: bool) -> None:
+def _draw_bike(
+    cv: _Canvas, cam: _Cam, rng, st: dict, X: float, z: float, theta: float, moto: bool, rider: bool
+) -> None:
     """A bicycle (thin rings and frame) or motorcycle (solid wheels, body) on a vertical plane,
     optionally with a seated rider (class rider) in profile."""
     direction = 1 if rng.random() < 0.5 else -1
@@ -232,12 +305,28 @@ def _draw_bike(cv: _Canvas, cam: _Cam, rng, st: dict, X: float, z: float, theta:
         for c in (0.0, L):
             pl.fill(cv, P(_circle(c, r, r, 12)), cls, tyre)
             pl.fill(cv, P(_circle(c, r, r * 0.5, 8)), cls, chrome)
-        pl.fill(cv, P([[0.25, 0.45], [0.5, 0.33], [0.95, 0.33], [1.15, 0.6], [1.22, 0.86], [1.0, 0.96],
-                       [0.7, 0.9], [0.35, 0.88], [0.1, 0.7]]), cls, body)
+        pl.fill(
+            cv,
+            P(
+                [
+                    [0.25, 0.45],
+                    [0.5, 0.33],
+                    [0.95, 0.33],
+                    [1.15, 0.6],
+                    [1.22, 0.86],
+                    [1.0, 0.96],
+                    [0.7, 0.9],
+                    [0.35, 0.88],
+                    [0.1, 0.7],
+                ]
+            ),
+            cls,
+            body,
+        )
         pl.fill(cv, P([[0.15, 0.86], [0.7, 0.9], [0.72, 0.98], [0.2, 0.97]]), cls, tyre * 1.4)
         pl.line(cv, P([[L, r], [1.15, 0.95], [1.05, 1.1]]), cls, chrome, 0.07)
     else:
-        t = max(0.045, 1.6 / cam.px(1.0, z))     # at least ~1.6 px wide tyres so they stay visible
+        t = max(0.045, 1.6 / cam.px(1.0, z))  # at least ~1.6 px wide tyres so they stay visible
         for c in (0.0, L):
             pl.line(cv, P(_circle(c, r, r - t / 2, 14)), cls, tyre, t, closed=True)
         frame = [[0, r], [0.45, 0.3], [0.35, 0.85], [0, r]]
@@ -262,8 +351,12 @@ def _draw_bike(cv: _Canvas, cam: _Cam, rng, st: dict, X: float, z: float, theta:
     pl.fill(cv, P(_segment(knee, foot, 0.12)), RIDER, trousers * 0.9)
     pl.fill(cv, P(_segment(hip, sh, 0.34)), RIDER, jacket)
     pl.fill(cv, P(_segment(sh, hand, 0.09)), RIDER, jacket * 0.85)
-    pl.fill(cv, P(_circle(head[0], head[1], 0.12, 12)), RIDER,
-            _pick(rng, rs["helmet"]) if moto or rng.random() < 0.6 else st["person"]["skin"])
+    pl.fill(
+        cv,
+        P(_circle(head[0], head[1], 0.12, 12)),
+        RIDER,
+        _pick(rng, rs["helmet"]) if moto or rng.random() < 0.6 else st["person"]["skin"],
+    )
 
 
 def _draw_tree(cv: _Canvas, cam: _Cam, rng, st: dict, X: float, z: float) -> None:
@@ -271,12 +364,16 @@ def _draw_tree(cv: _Canvas, cam: _Cam, rng, st: dict, X: float, z: float) -> Non
     pl = _Plane(cam, X, z)
     th = rng.uniform(2.2, 4.0)
     tw = rng.uniform(0.22, 0.4)
-    pl.fill(cv, np.array([[-tw / 2, 0], [tw / 2, 0], [tw / 2 * 0.8, th + 0.5], [-tw / 2 * 0.8, th + 0.5]]), VEG,
-            _pick(rng, st["vegetation"]["trunk"]))
+    pl.fill(
+        cv,
+        np.array([[-tw / 2, 0], [tw / 2, 0], [tw / 2 * 0.8, th + 0.5], [-tw / 2 * 0.8, th + 0.5]]),
+        VEG,
+        _pick(rng, st["vegetation"]["trunk"]),
+    )
     R = rng.uniform(1.4, 3.2)
     base = _pick(rng, st["vegetation"]["colours"], 0.1)
     roundness = float(st["shape"]["tree_round"])
-    for k in range(rng.integers(2, 4)):
+    for _k in range(rng.integers(2, 4)):
         cu, cvv = rng.normal(0, R * 0.35), th + R * rng.uniform(0.5, 1.0)
         rr = R * rng.uniform(0.7, 1.0)
         n = 16
@@ -296,9 +393,10 @@ def _draw_pole(cv: _Canvas, cam: _Cam, rng, st: dict, pr: dict, X: float, z: flo
     h = rng.uniform(2.8, 3.6) if (has_sign and not has_light and rng.random() < 0.6) else rng.uniform(4.5, 8.0)
     pw = rng.uniform(0.1, 0.16)
     pl.fill(cv, np.array([[-pw / 2, 0], [pw / 2, 0], [pw / 2, h], [-pw / 2, h]]), POLE, pc)
-    if h > 4.4 and not has_light:   # street lamp arm towards the road
-        pl.line(cv, np.array([[0, h - 0.1], [towards_road * 1.2, h + 0.25], [towards_road * 1.6, h + 0.2]]), POLE,
-                pc, 0.1)
+    if h > 4.4 and not has_light:  # street lamp arm towards the road
+        pl.line(
+            cv, np.array([[0, h - 0.1], [towards_road * 1.2, h + 0.25], [towards_road * 1.6, h + 0.2]]), POLE, pc, 0.1
+        )
     if has_light:
         hy = rng.uniform(2.4, 3.4) if h < 6 else rng.uniform(3.0, 4.5)
         _draw_light(cv, pl, st, towards_road * 0.2, hy, rng)
@@ -310,8 +408,12 @@ def _draw_pole(cv: _Canvas, cam: _Cam, rng, st: dict, pr: dict, X: float, z: flo
 def _draw_light(cv: _Canvas, pl: _Plane, st: dict, cu: float, cvv: float, rng) -> None:
     bw, bh = 0.34, 0.95
     box = np.asarray(st["light"]["box"], np.float32) * rng.uniform(0.9, 1.1)
-    pl.fill(cv, np.array([[cu - bw / 2, cvv], [cu + bw / 2, cvv], [cu + bw / 2, cvv + bh], [cu - bw / 2, cvv + bh]]),
-            LIGHT, box)
+    pl.fill(
+        cv,
+        np.array([[cu - bw / 2, cvv], [cu + bw / 2, cvv], [cu + bw / 2, cvv + bh], [cu - bw / 2, cvv + bh]]),
+        LIGHT,
+        box,
+    )
     lit = rng.integers(3)
     lamps = np.asarray(st["light"]["lamps"], np.float32)
     for i in range(3):
@@ -354,7 +456,7 @@ def _place_objects(cam: _Cam, rng, st: dict, pr: dict, lay: _Layout) -> list[tup
     def add(z, fn):
         objs.append((z, len(objs), fn))
 
-    occupied: list[tuple[float, float, float]] = []   # (lane X, z0, z1)
+    occupied: list[tuple[float, float, float]] = []  # (lane X, z0, z1)
 
     def free(x, z0, z1):
         return all(abs(x - ox) > 1.0 or z1 + 1.5 < oz0 or z0 > oz1 + 1.5 for ox, oz0, oz1 in occupied)
@@ -413,7 +515,7 @@ def _place_objects(cam: _Cam, rng, st: dict, pr: dict, lay: _Layout) -> list[tup
         zl = rng.uniform(12, 35)
         xl = lay.RR + 0.4
         plane = _Plane(cam, xl, zl)
-        arm_x = -(lay.RR + 0.4) - rng.uniform(0, 1.5)   # the arm reaches over the road
+        arm_x = -(lay.RR + 0.4) - rng.uniform(0, 1.5)  # the arm reaches over the road
 
         def overhead(cv, plane=plane, arm_x=arm_x):
             pc = st["pole"]["base"]
@@ -421,6 +523,7 @@ def _place_objects(cam: _Cam, rng, st: dict, pr: dict, lay: _Layout) -> list[tup
             plane.line(cv, np.array([[0, 5.8], [arm_x, 5.8]]), POLE, pc, 0.12)
             _draw_light(cv, plane, st, arm_x * 0.5, 4.7, rng)
             _draw_light(cv, plane, st, arm_x * 0.9, 4.7, rng)
+
         add(zl, overhead)
     # pedestrians, in small groups, on the sidewalks (and on the crosswalk)
     n_groups = int(rng.poisson(pr["persons"]))
@@ -453,8 +556,7 @@ def _place_objects(cam: _Cam, rng, st: dict, pr: dict, lay: _Layout) -> list[tup
             for k in range(1 + int(rng.poisson(1.0))):
                 zb = z0 + 0.7 * k
                 th = np.pi / 2 + rng.normal(0, 0.25)
-                add(zb, lambda cv, xb=xb, zb=zb, th=th, moto=moto: _draw_bike(cv, cam, rng, st, xb, zb, th, moto,
-                                                                             False))
+                add(
+                    zb, lambda cv, xb=xb, zb=zb, th=th, moto=moto: _draw_bike(cv, cam, rng, st, xb, zb, th, moto, False)
+                )
     return objs
-
-

@@ -1,4 +1,5 @@
 """One street scene: camera, background, objects, textures and the sensor's photometric pipeline."""
+
 from __future__ import annotations
 
 import cv2
@@ -13,6 +14,7 @@ from .style import _TEXTURE_FIELDS, DEFAULT_SHIFT, domain_priors, domain_style, 
 
 #: Domain codes used to derive per-image seeds.
 _DOMAIN_CODES = {"source": 0, "target_train": 1, "target_val": 2}
+
 
 def _hood(cv: _Canvas, cam: _Cam, rng, yy: np.ndarray, xx: np.ndarray) -> None:
     """The ego vehicle's bonnet at the bottom (unlabelled, like Cityscapes 'ego vehicle')."""
@@ -37,7 +39,7 @@ def _photometric(img: np.ndarray, rng, sen: dict, yy: np.ndarray, xx: np.ndarray
     gain = rng.uniform(*sen["brightness"]) * np.asarray(sen["cast"], np.float64) * rng.uniform(0.97, 1.03, 3)
     sat, con = float(sen["saturation"]), float(sen["contrast"])
     m_sat = sat * np.eye(3) + (1 - sat) / 3.0
-    mean = float((img.reshape(-1, 3).mean(0) * gain).mean())     # saturation keeps the grey mean
+    mean = float((img.reshape(-1, 3).mean(0) * gain).mean())  # saturation keeps the grey mean
     M = np.zeros((3, 4))
     M[:, :3] = con * m_sat * gain[None, :]
     M[:, 3] = (1 - con) * mean
@@ -61,9 +63,13 @@ def _photometric(img: np.ndarray, rng, sen: dict, yy: np.ndarray, xx: np.ndarray
     return out
 
 
-def render_scene(rng: np.random.Generator, domain: str, size: tuple[int, int] = (128, 256),
-                 shift: float = DEFAULT_SHIFT,
-                 profile: str = "cityscapes") -> tuple[np.ndarray, np.ndarray]:
+def render_scene(
+    rng: np.random.Generator,
+    domain: str,
+    size: tuple[int, int] = (128, 256),
+    shift: float = DEFAULT_SHIFT,
+    profile: str = "cityscapes",
+) -> tuple[np.ndarray, np.ndarray]:
     """Render one street scene of ``domain`` ('source' or 'target').
 
     Returns ``(image uint8 HxWx3 RGB, label uint8 HxW of trainIds, 255 = unlabelled)``. All randomness
@@ -74,20 +80,26 @@ def render_scene(rng: np.random.Generator, domain: str, size: tuple[int, int] = 
     pr = domain_priors(domain, shift, profile)
     yy, xx = _grids(H, W)
     camst = st["camera"]
-    cam = _Cam(H, W, f=float(camst["f"]) * W * rng.uniform(0.95, 1.05), h=float(camst["cam_h"]) * rng.uniform(0.95, 1.05),
-               vx=W * (0.5 + rng.uniform(-1, 1) * float(camst["vx"])), yh=H * rng.uniform(*camst["horizon"]))
+    cam = _Cam(
+        H,
+        W,
+        f=float(camst["f"]) * W * rng.uniform(0.95, 1.05),
+        h=float(camst["cam_h"]) * rng.uniform(0.95, 1.05),
+        vx=W * (0.5 + rng.uniform(-1, 1) * float(camst["vx"])),
+        yh=H * rng.uniform(*camst["horizon"]),
+    )
     st = vary_style(st, rng)
     fields = _fields(rng, H, W, yy, xx)
     cv = _Canvas(H, W)
     lay = _make_layout(rng, pr)
     _background(cv, cam, rng, st, pr, lay, fields, yy, xx)
     objs = _place_objects(cam, rng, st, pr, lay)
-    for z, _, draw in sorted(objs, key=lambda o: (-o[0], o[1])):
+    for _z, _, draw in sorted(objs, key=lambda o: (-o[0], o[1])):
         draw(cv)
     if rng.random() < float(st["hood"]):
         _hood(cv, cam, rng, yy, xx)
     # per-class textures (the same label-driven fields, with domain-specific amplitudes)
-    tex = st["texture_table"][np.minimum(cv.lab, NUM_CLASSES)]          # H x W x 5
+    tex = st["texture_table"][np.minimum(cv.lab, NUM_CLASSES)]  # H x W x 5
     delta = sum(tex[..., i] * fields[name] for i, name in enumerate(_TEXTURE_FIELDS))
     img = cv.img + delta[..., None]
     img = _photometric(img, rng, st["sensor"], yy, xx)
@@ -98,5 +110,3 @@ def image_rng(seed: int, domain_key: str, index: int) -> np.random.Generator:
     """The generator of one image, derived from ``(seed, domain, index)`` only (worker-independent).
     ``domain_key`` is 'source', 'target_train' or 'target_val'."""
     return np.random.default_rng(np.random.SeedSequence([int(seed), _DOMAIN_CODES[domain_key], int(index)]))
-
-

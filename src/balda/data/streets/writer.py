@@ -81,7 +81,8 @@ def _shrunk_label_size(size: tuple[int, int]) -> tuple[int, int]:
 
 def _quirk_plan(seed: int, n_source: int) -> dict[int, str]:
     """Source images with a quirk, deterministic from ``seed``: index -> ``'label_size'`` (one image, its
-    label smaller than the image) or ``'odd_size'`` (two images rendered two rows shorter)."""
+    label smaller than the image) or ``'odd_size'`` (two images rendered two rows shorter); with fewer
+    than 3 source images, the label quirk first."""
     pick = np.random.default_rng(np.random.SeedSequence([int(seed), 1052])).permutation(int(n_source))[:3]
     return {int(i): "label_size" if k == 0 else "odd_size" for k, i in enumerate(pick)}
 

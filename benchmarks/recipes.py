@@ -1,0 +1,409 @@
+#!/usr/bin/env python
+"""Recipe check: every shipped real-data recipe (``gta2cs/*``, ``syn2cs/*``) end to end, a few iterations.
+
+Real GTA5 / SYNTHIA / Cityscapes cannot be shipped, so the check first writes procedural stand-ins
+in the real formats and shapes into a cache folder (reused when complete), a few images each:
+
+* a GTA5-format source at 1052x1914 with the quirks of the real download (two images 1914x1050,
+  one label a few pixels smaller than its image), :func:`balda.data.streets.generate_streets`;
+* a SYNTHIA-RAND-CITYSCAPES-format source at 760x1280 (16-bit label PNGs);
+* a Cityscapes-format target at 1024x2048 (train and val), shared by both sources.
+
+Then, per recipe, ``balda train`` (in process, :func:`balda.engine.trainer.train`) with the recipe's
+own crop, batch, model, method and balancing, random init (``model.pretrained=null``,
+``method.self_training.imnet_model=null``), ``train.iters=2``, no periodic evaluation or checkpoint,
+``eval.max_images=2`` and the final evaluation. Chains run as in the recipes' instructions: the CPSL
+warm-up, ``balda cpsl prepare`` on it (:func:`~balda.methods.cpsl.prepare.prepare_from_checkpoint`),
+stage 1 from the prepared folder, then the distillation with the stage-1 run as teacher (a recipe's
+prerequisites run first even when only it is asked for). RIPU / CBDA recipes get one acquisition
+round (``active.rounds=[0.5]``), checked in the label store. Each recipe's error is caught, so one
+broken recipe does not hide the others.
+
+``--scale full`` keeps the real crops (512x512 / 512x1024 / 640x1280), resizes and backbones
+(ResNet-101, MiT-B5): minutes per recipe on a GPU (``--device cuda``), far too slow on a CPU.
+``--scale down`` (the default) runs the same code path with everything geometric down-scaled: images
+generated at 1/16 of the real sizes, ``data.*.resize`` and ``eval.size`` to 128 pixels wide, crops to
+64 pixels high with the recipe's aspect (64x64, 64x128), the pixel-geometry options scaled alike
+(``data.rcs.min_pixels``, ``method.self_training.ignore_top/bottom``, ``active.pixel_radius``),
+``model.backbone=resnet18`` for DeepLabV2 and ``mit_b0`` for DAFormer recipes, no loader workers:
+seconds per recipe on a CPU.
+
+Writes a Markdown table (recipe, what ran, ok / the error's first line, seconds) to
+``benchmarks/results/recipes.md`` (``--markdown``), prints it, and exits non-zero if a recipe failed::
+
+    python benchmarks/recipes.py                                   # all 38 recipes, down-scaled, CPU
+    python benchmarks/recipes.py --recipes gta2cs/deeplabv2_ripu syn2cs/deeplabv2_cpsl_distill
+    python benchmarks/recipes.py --scale full --device cuda        # the real shapes, on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFIXES = ("gta2cs/", "syn2cs/")
+#: (H, W) of the generated stand-ins: the real sizes, and 1/16 of them.
+SHAPES = {
+    "full": {"gta5": (1052, 1914), "synthia": (760, 1280), "cityscapes": (1024, 2048)},
+    "down": {"gta5": (66, 120), "synthia": (48, 80), "cityscapes": (64, 128)},
+}
+#: Images per domain: 5 sources (2 odd sizes and 1 resized label among the GTA5 ones), 3 + 2 target.
+N_SOURCE, N_TARGET_TRAIN, N_TARGET_VAL = 5, 3, 2
+#: Down-scaled geometry: resizes this wide, crops this high.
+DOWN_WIDTH, DOWN_CROP_H = 128, 64
+ITERS = 2
+
+
+@dataclass
+class Result:
+    """One row of the table."""
+
+    recipe: str
+    ran: str = ""
+    status: str = "ok"
+    seconds: float = 0.0
+    miou: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+# ----------------------------------------------------------------------------------------- data
+def ensure_data(data: Path, scale: str, progress: bool = False) -> dict[str, Path]:
+    """Generate (or reuse) the procedural stand-ins of the real datasets under ``data``; returns the
+    dataset roots ``{'gta5', 'synthia', 'cityscapes'}``."""
+    from balda.data.streets import generate_streets
+
+    shapes = SHAPES[scale]
+    common = dict(n_source=N_SOURCE, seed=0, progress=progress, target_size=shapes["cityscapes"])
+    generate_streets(
+        data / "gta5",
+        source_size=shapes["gta5"],
+        n_target_train=N_TARGET_TRAIN,
+        n_target_val=N_TARGET_VAL,
+        quirks=True,
+        **common,
+    )
+    # the SYNTHIA recipes share the Cityscapes stand-in written with the GTA5 one
+    generate_streets(
+        data / "synthia",
+        source_size=shapes["synthia"],
+        n_target_train=0,
+        n_target_val=0,
+        source_format="synthia",
+        **common,
+    )
+    return {
+        "gta5": data / "gta5" / "source",
+        "synthia": data / "synthia" / "source",
+        "cityscapes": data / "gta5" / "target",
+    }
+
+
+# -------------------------------------------------------------------------------------- recipes
+def recipe_names() -> list[str]:
+    """The shipped real-data recipes."""
+    from balda.config import shipped_configs
+
+    return [n for n in shipped_configs() if n.startswith(PREFIXES)]
+
+
+def prerequisite(name: str) -> str | None:
+    """The recipe whose run ``name`` starts from: CPSL stage 1 needs the warm-up, the distillation stage 1."""
+    if name.endswith("_cpsl"):
+        return name + "_warmup"
+    if name.endswith("_cpsl_distill"):
+        return name[: -len("_distill")]
+    return None
+
+
+def plan(selected: list[str]) -> list[str]:
+    """``selected`` with their prerequisites, each after what it needs (unknown names: ConfigError)."""
+    from balda.config import ConfigError
+
+    known = set(recipe_names())
+    unknown = [n for n in selected if n not in known]
+    if unknown:
+        raise ConfigError(f"--recipes: not shipped real-data recipes: {unknown}; see `balda configs`")
+    order: list[str] = []
+
+    def add(n: str) -> None:
+        if n in order:
+            return
+        pre = prerequisite(n)
+        if pre is not None:
+            add(pre)
+        order.append(n)
+
+    for n in selected:
+        add(n)
+    return order
+
+
+def _down_hw(hw) -> list[int]:
+    """A resize (H, W) scaled to :data:`DOWN_WIDTH` pixels wide."""
+    return [max(1, round(hw[0] * DOWN_WIDTH / hw[1])), DOWN_WIDTH]
+
+
+def overrides_for(name: str, roots: dict[str, Path], out: Path, scale: str, device: str) -> list[str]:
+    """The dotted overrides that turn recipe ``name`` into a 2-iteration check on the stand-ins."""
+    from balda.config import load_config, resolve_config
+
+    cfg = load_config(resolve_config(name))
+    src = roots["synthia"] if cfg.data.source.kind == "synthia" else roots["gta5"]
+    ov = [
+        f"out_dir={out}",
+        f"data.source.root={src}",
+        f"data.target.root={roots['cityscapes']}",
+        f"data.val.root={roots['cityscapes']}",
+        "model.pretrained=null",
+        f"train.iters={ITERS}",
+        "train.log_every=1",
+        "train.ckpt_every=0",
+        "train.eval_every=0",
+        "train.progress=false",
+        f"train.device={device}",
+        "eval.max_images=2",
+    ]
+    if cfg.method.name == "self_training" and cfg.method.self_training.imnet_model:
+        ov.append("method.self_training.imnet_model=null")
+    if cfg.active.enabled:
+        ov.append("active.rounds=[0.5]")
+    pre = prerequisite(name)
+    if cfg.method.name == "cpsl":
+        ov.append(f"method.cpsl.prepared={prepared_dir(out, pre)}")
+    if cfg.method.name == "distill":
+        ov.append(f"method.distill.teacher={out / load_config(resolve_config(pre)).name}")
+    if scale == "down":
+        ov += _down_overrides(cfg)
+    return ov
+
+
+def _down_overrides(cfg) -> list[str]:
+    """The down-scaled variant: small backbone, resizes, crop and the options measured in pixels."""
+    ov = [
+        "model.backbone=" + ("mit_b0" if cfg.model.name == "daformer" else "resnet18"),
+        "data.num_workers=0",
+        "train.tensorboard=false",
+    ]
+    h, w = cfg.data.crop
+    ov.append(f"data.crop=[{DOWN_CROP_H}, {round(DOWN_CROP_H * w / h)}]")
+    for key, hw in (
+        ("data.source.resize", cfg.data.source.resize),
+        ("data.target.resize", cfg.data.target.resize),
+        ("eval.size", cfg.eval.size),
+    ):
+        if hw:
+            ov.append(f"{key}={_down_hw(hw)}")
+    if cfg.data.rcs.enabled:  # counted on the label files, at the generated size
+        kind = "synthia" if cfg.data.source.kind == "synthia" else "gta5"
+        (dh, dw), (fh, fw) = SHAPES["down"][kind], SHAPES["full"][kind]
+        ov.append(f"data.rcs.min_pixels={max(1, round(cfg.data.rcs.min_pixels * dh * dw / (fh * fw)))}")
+    if cfg.method.name == "self_training":
+        st, s = cfg.method.self_training, DOWN_CROP_H / h
+        ov += [f"method.self_training.ignore_top={round(st.ignore_top * s)}"]
+        ov += [f"method.self_training.ignore_bottom={round(st.ignore_bottom * s)}"]
+    if cfg.active.enabled and cfg.active.mode == "pixel":  # acquisition works at the label size
+        s = SHAPES["down"]["cityscapes"][1] / SHAPES["full"]["cityscapes"][1]
+        ov.append(f"active.pixel_radius={max(1, round(cfg.active.pixel_radius * s))}")
+    return ov
+
+
+def prepared_dir(out: Path, warmup: str) -> Path:
+    """Where ``balda cpsl prepare`` writes the prepared folder of a warm-up recipe's run."""
+    return out / (warmup.replace("/", "_") + "_prepared")
+
+
+# ------------------------------------------------------------------------------------------ run
+def run_recipe(name: str, roots: dict[str, Path], out: Path, scale: str, device: str) -> Result:
+    """Train one recipe (after ``balda cpsl prepare`` for CPSL stage 1); never raises."""
+    from balda.config import load_config, resolve_config
+    from balda.engine.trainer import train
+
+    res = Result(name)
+    t0 = time.perf_counter()
+    try:
+        cfg = load_config(resolve_config(name), overrides_for(name, roots, out, scale, device))
+        res.ran = f"train {ITERS} iters + final eval"
+        shutil.rmtree(cfg.run_dir, ignore_errors=True)  # a fresh run: no resumed rounds or checkpoints
+        if cfg.method.name == "cpsl":
+            from balda.methods.cpsl.prepare import prepare_from_checkpoint
+
+            warm = prerequisite(name)
+            prep = Path(cfg.method.cpsl.prepared)
+            shutil.rmtree(prep, ignore_errors=True)
+            prepare_from_checkpoint(out / load_config(resolve_config(warm)).name, prep, device=device, progress=False)
+            res.ran = f"cpsl prepare on {warm} + " + res.ran
+        if cfg.method.name == "distill":
+            res.ran += f", teacher {Path(cfg.method.distill.teacher).name}"
+        metrics = train(cfg, progress=False)
+        if cfg.active.enabled:
+            manifest = json.loads((cfg.run_dir / "active" / "manifest.json").read_text())
+            if len(manifest.get("rounds_done", [])) != 1 or not manifest.get("budget_used"):
+                raise RuntimeError(f"expected one acquisition round with labels, the store says {manifest}")
+            res.ran += f", 1 acquisition round ({manifest['budget_used']} px)"
+        if not (cfg.run_dir / "final_metrics.json").is_file():
+            raise RuntimeError(f"no final evaluation: {cfg.run_dir / 'final_metrics.json'} is missing")
+        res.miou = float(metrics.miou) if metrics is not None else None
+    except Exception as e:  # one broken recipe must not hide the others
+        lines = str(e).strip().splitlines()
+        res.status = f"{type(e).__name__}: {lines[0] if lines else ''}".strip()
+        traceback.print_exc(file=sys.stderr)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _drop_checkpoints(name: str, out: Path) -> None:
+    """Delete the ``*.pt`` files of a recipe's run (and its CPSL prepared folder), keeping metrics and plots:
+    a full-scale run writes three checkpoints of ~0.5 GB."""
+    from balda.config import load_config, resolve_config
+
+    run_dir = out / load_config(resolve_config(name)).name
+    for p in run_dir.glob("*.pt"):
+        p.unlink(missing_ok=True)
+    if name.endswith("_cpsl"):
+        shutil.rmtree(prepared_dir(out, prerequisite(name)), ignore_errors=True)
+
+
+def run_all(
+    names: list[str],
+    scale: str = "down",
+    data: Path | None = None,
+    out: Path | None = None,
+    device: str = "auto",
+    progress: bool = False,
+    keep_checkpoints: bool = False,
+) -> tuple[list[Result], float]:
+    """Generate the data, run ``names`` (with their prerequisites); returns the rows and the data seconds.
+
+    Unless ``keep_checkpoints``, a run's checkpoints are deleted once no later recipe starts from them."""
+    data = Path(data) if data is not None else ROOT / "data" / "recipes" / scale
+    out = Path(out) if out is not None else ROOT / "runs" / "recipes" / scale
+    t0 = time.perf_counter()
+    roots = ensure_data(data, scale, progress)
+    data_s = time.perf_counter() - t0
+    order = plan(names)
+    results: dict[str, Result] = {}
+    for name in order:
+        pre = prerequisite(name)
+        if pre is not None and not results[pre].ok:
+            results[name] = Result(name, "-", f"skipped: needs {pre}, which failed")
+        else:
+            results[name] = run_recipe(name, roots, out, scale, device)
+        r = results[name]
+        print(f"{name}: {r.status} ({r.seconds:.1f} s)", file=sys.stderr, flush=True)
+        if not keep_checkpoints:
+            for done in (n for n in (pre, name) if n is not None):
+                if all(m in results for m in order if prerequisite(m) == done):
+                    _drop_checkpoints(done, out)
+    return list(results.values()), data_s
+
+
+# --------------------------------------------------------------------------------------- report
+def _commit() -> str:
+    try:
+        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        return r.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown(results: list[Result], scale: str, device: str, data_s: float) -> str:
+    """The report: a header saying what ran where, then one row per recipe."""
+    import torch
+
+    shapes = ", ".join(f"{k} {h}x{w}" for k, (h, w) in SHAPES[scale].items())
+    n_ok = sum(r.ok for r in results)
+    dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    lines = [
+        "# Recipe check",
+        "",
+        f"`python benchmarks/recipes.py --scale {scale} --device {device}`: {len(results)} real-data recipes, "
+        f"{ITERS} iterations each, on procedural data (H x W: {shapes}; GTA5 quirks on), random init, with the "
+        f"final evaluation (2 images). Scale `{scale}`"
+        + (
+            ": crops 64 px high, resizes 128 px wide, ResNet-18 / MiT-B0 backbones."
+            if scale == "down"
+            else ": the recipes' real crops, resizes and backbones."
+        ),
+        "",
+        f"Commit {_commit()}, {dev} ({platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f}), torch {torch.__version__}; data generated or reused in {data_s:.1f} s. "
+        f"**{n_ok}/{len(results)} ok**, "
+        f"{sum(r.seconds for r in results):.0f} s in all.",
+        "",
+        "| recipe | what ran | result | final mIoU | seconds |",
+        "|---|---|---|---:|---:|",
+    ]
+    for r in results:
+        miou = "-" if r.miou is None else f"{100 * r.miou:.1f}"
+        lines.append(f"| {r.recipe} | {_cell(r.ran)} | {_cell(r.status)} | {miou} | {r.seconds:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--recipes", nargs="+", metavar="NAME", help="a subset (default: every gta2cs/ and syn2cs/ recipe)")
+    p.add_argument(
+        "--scale",
+        choices=("down", "full"),
+        default="down",
+        help="down: the same code path down-scaled (seconds per recipe on a CPU); full: the real crops, "
+        "resizes and backbones (meant for a GPU, --device cuda)",
+    )
+    p.add_argument("--data", type=Path, help="cache of the generated data (default: data/recipes/<scale>)")
+    p.add_argument("--out", type=Path, help="folder of the runs (default: runs/recipes/<scale>)")
+    p.add_argument("--device", default="auto", help="train.device of every run: auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--markdown", type=Path, default=ROOT / "benchmarks" / "results" / "recipes.md")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep every run's *.pt files")
+    p.add_argument("-v", "--verbose", action="store_true", help="the trainer's log (INFO)")
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    from balda.core.errors import BaldaError
+    from balda.engine.trainer import resolve_device
+
+    try:
+        if args.scale == "full" and resolve_device(args.device).type == "cpu":
+            print(
+                "warning: --scale full on a CPU is slow (ResNet-101 / MiT-B5 on 512x1024 crops, minutes per "
+                "recipe); it is meant for a GPU machine (--device cuda)",
+                file=sys.stderr,
+            )
+        results, data_s = run_all(
+            args.recipes or recipe_names(),
+            args.scale,
+            args.data,
+            args.out,
+            args.device,
+            keep_checkpoints=args.keep_checkpoints,
+        )
+    except BaldaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = markdown(results, args.scale, args.device, data_s)
+    args.markdown.parent.mkdir(parents=True, exist_ok=True)
+    args.markdown.write_text(text)
+    print(text)
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The recipe check (benchmarks/recipes.py): the down-scaled variant of representative real-data recipes
+runs end to end, and a broken recipe is reported and fails the check."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("balda_bench_recipes", ROOT / "benchmarks" / "recipes.py")
+recipes = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))  # dataclasses need it there
+_spec.loader.exec_module(recipes)
+
+#: One recipe each: DAFormer self-training + GBW (RCS), DeepLabV2 AdvEnt + GH, the CPSL chain on SYNTHIA
+#: (warm-up -> prepare -> stage 1 -> distillation), RIPU pixel and CBDA 20% (one acquisition round each).
+SUBSET = [
+    "gta2cs/daformer_self_training_gbw",
+    "gta2cs/deeplabv2_advent_gh",
+    "syn2cs/deeplabv2_cpsl_distill",
+    "gta2cs/deeplabv2_ripu_pixel",
+    "gta2cs/deeplabv2_cbda_20",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("recipe_data")
+    recipes.ensure_data(d, "down")
+    return d
+
+
+def test_every_recipe_and_its_prerequisites_are_planned():
+    names = recipes.recipe_names()
+    assert len(names) == 38 and all(n.startswith(("gta2cs/", "syn2cs/")) for n in names)
+    order = recipes.plan(names)
+    assert sorted(order) == sorted(names)
+    for n in names:
+        pre = recipes.prerequisite(n)
+        assert pre is None or order.index(pre) < order.index(n)
+    assert recipes.plan(["syn2cs/deeplabv2_cpsl_distill"]) == [
+        "syn2cs/deeplabv2_cpsl_warmup",
+        "syn2cs/deeplabv2_cpsl",
+        "syn2cs/deeplabv2_cpsl_distill",
+    ]
+    from balda.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="streets/source_only"):
+        recipes.plan(["streets/source_only"])
+
+
+def test_overrides_keep_the_recipe_at_full_scale_and_shrink_it_down(tmp_path):
+    from balda.config import load_config, resolve_config
+
+    roots = {k: tmp_path / k for k in ("gta5", "synthia", "cityscapes")}
+    name = "syn2cs/daformer_self_training_gbw"
+    real = load_config(resolve_config(name))
+    full = load_config(resolve_config(name), recipes.overrides_for(name, roots, tmp_path, "full", "cpu"))
+    down = load_config(resolve_config(name), recipes.overrides_for(name, roots, tmp_path, "down", "cpu"))
+    assert full.data.crop == real.data.crop == [512, 512] and full.model.backbone == "mit_b5"
+    assert full.data.source.resize == [760, 1280] and full.data.source.root == str(roots["synthia"])
+    assert full.model.pretrained is None and full.method.self_training.imnet_model is None
+    assert (full.train.iters, full.train.eval_every, full.train.ckpt_every, full.eval.max_images) == (2, 0, 0, 2)
+    assert full.balancing == real.balancing and full.method.self_training.pseudo_threshold == 0.968
+    assert down.data.crop == [64, 64] and down.model.backbone == "mit_b0"
+    assert down.data.source.resize == [76, 128] and down.data.target.resize == [64, 128] and down.eval.size == [64, 128]
+    assert (down.method.self_training.ignore_top, down.method.self_training.ignore_bottom) == (2, 15)
+    ripu = load_config(
+        resolve_config("gta2cs/deeplabv2_ripu_pixel"),
+        recipes.overrides_for("gta2cs/deeplabv2_ripu_pixel", roots, tmp_path, "down", "cpu"),
+    )
+    assert ripu.active.rounds == [0.5] and ripu.data.crop == [64, 128] and ripu.model.backbone == "resnet18"
+
+
+def test_down_scaled_subset_runs_end_to_end(data, tmp_path):
+    md = tmp_path / "recipes.md"
+    args = ["--recipes", *SUBSET, "--data", str(data), "--out", str(tmp_path / "runs"), "--markdown", str(md)]
+    rc = recipes.main([*args, "--device", "cpu"])
+    text = md.read_text()
+    assert rc == 0, text
+    rows = [line for line in text.splitlines() if line.startswith(("| gta2cs/", "| syn2cs/"))]
+    assert len(rows) == 7 and all("| ok |" in r for r in rows), text
+    assert "cpsl prepare on syn2cs/deeplabv2_cpsl_warmup" in text and "teacher syn2cs_deeplabv2_cpsl" in text
+    assert text.count("1 acquisition round") == 2
+    runs = tmp_path / "runs"
+    assert (runs / "gta2cs_deeplabv2_cbda_20" / "final_metrics.json").is_file()
+    assert not list(runs.rglob("*.pt"))  # checkpoints are dropped once nothing starts from them
+
+
+def test_a_broken_recipe_is_reported_and_fails_the_check(data, tmp_path, monkeypatch):
+    real = recipes.overrides_for
+
+    def broken(name, *a, **k):
+        return real(name, *a, **k) + (["model.backbone=resnet7"] if name.endswith("_warmup") else [])
+
+    monkeypatch.setattr(recipes, "overrides_for", broken)
+    md = tmp_path / "recipes.md"
+    rc = recipes.main(
+        ["--recipes", "syn2cs/deeplabv2_cpsl", "--data", str(data), "--out", str(tmp_path), "--markdown", str(md)]
+    )
+    text = md.read_text()
+    assert rc == 1
+    assert "| syn2cs/deeplabv2_cpsl_warmup |" in text and "resnet7" in text
+    assert "skipped: needs syn2cs/deeplabv2_cpsl_warmup, which failed" in text
+    assert "**0/2 ok**" in text
