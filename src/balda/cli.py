@@ -153,15 +153,16 @@ def _cmd_bench(args) -> int:
             warm = f"  (starts from {e.warmup})" if e.warmup else ""
             print(f"{name:<30} {e.config} {' '.join(e.overrides)}{warm}")
         return 0
-    methods = args.methods or list(QUICK_BENCH_METHODS if args.quick else catalog)
+    streets = [n for n, e in catalog.items() if e.benchmark == "streets"]
+    methods = args.methods or list(QUICK_BENCH_METHODS if args.quick else streets)
     unknown = [m for m in methods if m not in catalog]
     if unknown:
         raise ConfigError(f"--methods: unknown method(s) {unknown}; see `balda bench --list`")
     summary = run_grid(
         methods,
         range(args.seeds),
-        Path(args.data),
-        Path(args.out),
+        None if args.data is None else Path(args.data),
+        None if args.out is None else Path(args.out),
         quick=args.quick,
         subprocess_mode=not args.in_process,
         progress=not args.no_progress,
@@ -170,12 +171,12 @@ def _cmd_bench(args) -> int:
     )
     if summary:
         print(summary["markdown"])
-        print(f"results in {args.out} ({summary['seconds']:.0f} s)")
+        print(f"results in {summary['out']} ({summary['seconds']:.0f} s)")
         if args.readme:
             from balda.experiments import write_readme_section
 
             cmd = "balda bench " + " ".join(a for a in args.argv if not a.startswith("--readme") and a != args.readme)
-            write_readme_section(Path(args.readme), Path(args.out), cmd, commit=args.commit)
+            write_readme_section(Path(args.readme), Path(summary["out"]), cmd, commit=args.commit)
             print(f"results section of {args.readme} updated")
     return 0
 
@@ -410,9 +411,14 @@ def _bench_parser() -> argparse.ArgumentParser:
         "paired differences to each method's control with 95%% intervals) and comparison plots.",
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every cell")
-    p.add_argument("--out", default="results/streets", help="output folder")
-    p.add_argument("--data", default="data/streets", help="benchmark folder (generated if missing)")
-    p.add_argument("--methods", nargs="+", default=None, help="methods of the catalogue (see --list)")
+    p.add_argument("--out", default=None, help="output folder (default results/<benchmark>: streets or digits)")
+    p.add_argument("--data", default=None, help="benchmark folder, generated if missing (default data/<benchmark>)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="methods of the catalogue (see --list), all of one benchmark: the street ones, or digits/*",
+    )
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (0..N-1)")
     p.add_argument("--quick", action="store_true", help="few iterations and a small method set (smoke test)")
     p.add_argument("--in-process", action="store_true", help="run cells in this process (no subprocesses)")

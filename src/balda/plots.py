@@ -70,11 +70,16 @@ def _as_percent(values: Sequence[np.ndarray]) -> float:
 
 
 def plot_class_iou(
-    results: Mapping[str, np.ndarray], class_names: Sequence[str], path: str | Path, title: str = ""
+    results: Mapping[str, np.ndarray],
+    class_names: Sequence[str],
+    path: str | Path,
+    title: str = "",
+    metric: str = "IoU",
 ) -> Path:
-    """Grouped bars of per-class IoU, one colour per method, mIoU (nanmean) in the legend.
+    """Grouped bars of a per-class score (IoU by default; ``metric="accuracy"`` for classification),
+    one colour per method, its nanmean in the legend (mIoU, or "mean accuracy").
 
-    ``results`` maps a method name to its (K,) IoU array (fractions or percent; NaN bars are left
+    ``results`` maps a method name to its (K,) array (fractions or percent; NaN bars are left
     empty). A strip in each class's palette colour marks the class under the axis.
     """
     names = list(class_names)
@@ -83,7 +88,7 @@ def plot_class_iou(
     arrays = [np.asarray(results[m], dtype=np.float64).reshape(-1) for m in methods]
     for m, a in zip(methods, arrays):
         if a.shape != (k,):
-            raise ValueError(f"IoU of {m!r} has shape {a.shape}, expected ({k},)")
+            raise ValueError(f"{metric} of {m!r} has shape {a.shape}, expected ({k},)")
     scale = _as_percent(arrays)
     n = max(len(methods), 1)
     width = 0.8 / n
@@ -100,7 +105,7 @@ def plot_class_iou(
             color=col,
             edgecolor="white",
             linewidth=0.4,
-            label=f"{m} (mIoU {miou:.1f})",
+            label=f"{m} ({'mIoU' if metric == 'IoU' else 'mean ' + metric} {miou:.1f})",
         )
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=9)
@@ -120,7 +125,7 @@ def plot_class_iou(
         )
     ax.set_xlim(-0.6, k - 0.4)
     ax.set_ylim(0, 100 if scale == 100.0 else None)
-    ax.set_ylabel("IoU (%)")
+    ax.set_ylabel(f"{metric} (%)")
     ax.yaxis.grid(True, alpha=0.3)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
@@ -132,9 +137,11 @@ def plot_class_iou(
     return _save(fig, path)
 
 
-def confusion_values(conf: np.ndarray, normalize: Optional[str] = "true") -> tuple[np.ndarray, float, str]:
+def confusion_values(
+    conf: np.ndarray, normalize: Optional[str] = "true", unit: str = "pixels"
+) -> tuple[np.ndarray, float, str]:
     """What :func:`plot_confusion` draws: the (K, K) values (normalised shares in **percent**, as the
-    cells are printed, or raw counts), the colour-bar maximum and its label."""
+    cells are printed, or raw counts), the colour-bar maximum and its label (counts of ``unit``)."""
     c = np.asarray(conf, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         if normalize == "true":
@@ -144,15 +151,20 @@ def confusion_values(conf: np.ndarray, normalize: Optional[str] = "true") -> tup
         elif normalize == "all":
             m = c / c.sum()
         elif normalize in (None, "none"):
-            return c, float(np.nanmax(c)) if np.isfinite(c).any() else 1.0, "pixels"
+            return c, float(np.nanmax(c)) if np.isfinite(c).any() else 1.0, unit
         else:
             raise ValueError(f"normalize must be 'true', 'pred', 'all' or None, got {normalize!r}")
-    label = {"true": "% of GT pixels", "pred": "% of predicted pixels", "all": "% of all pixels"}[normalize]
+    label = {"true": f"% of GT {unit}", "pred": f"% of predicted {unit}", "all": f"% of all {unit}"}[normalize]
     return 100.0 * m, 100.0, label
 
 
 def plot_confusion(
-    conf: np.ndarray, class_names: Sequence[str], path: str | Path, normalize: Optional[str] = "true", title: str = ""
+    conf: np.ndarray,
+    class_names: Sequence[str],
+    path: str | Path,
+    normalize: Optional[str] = "true",
+    title: str = "",
+    unit: str = "pixels",
 ) -> Path:
     """Heat map of a (K, K) confusion matrix (rows = ground truth, columns = prediction).
 
@@ -164,7 +176,7 @@ def plot_confusion(
     k = len(class_names)
     if c.shape != (k, k):
         raise ValueError(f"confusion has shape {c.shape}, expected ({k}, {k})")
-    m, vmax, label = confusion_values(c, normalize)
+    m, vmax, label = confusion_values(c, normalize, unit)
     normed = normalize not in (None, "none")
     side = max(5.0, 0.42 * k + 2.0)
     fig = _new_figure(side + 1.2, side)

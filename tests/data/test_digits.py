@@ -9,6 +9,7 @@ import pytest
 
 from balda.data.classification import ImageListDataset
 from balda.data.digits import (
+    DEFAULT_SIZE,
     digits_exists,
     generate_digits,
     load_digits_meta,
@@ -106,7 +107,7 @@ def test_full_benchmark_layout_and_loader(full):
         assert ds.classes == [str(c) for c in range(10)]
         assert ds.class_counts().tolist() == summary["class_counts"][key]
         img, label = ds.load(0)
-        assert img.shape == (32, 32, 3) and img.dtype == np.uint8 and 0 <= label < 10
+        assert img.shape == (DEFAULT_SIZE, DEFAULT_SIZE, 3) and img.dtype == np.uint8 and 0 <= label < 10
         sets[key] = {n.split("/")[-1] for n in ds.names}
     assert not (sets["source"] & sets["target_train"] or sets["source"] & sets["target_test"])
     assert not sets["target_train"] & sets["target_test"]
@@ -139,8 +140,8 @@ def test_target_is_the_mnist_m_blend_of_the_digit():
     """|T - 255 m|: the digit's pixels are the inverted texture, so the image changes where the
     (transformed) digit is and the change depends on the texture brightness."""
     images, _ = load_sklearn_digits()
-    blank = render_target(np.zeros((8, 8)), np.random.default_rng(5))
-    digit = render_target(images[10], np.random.default_rng(5))  # same texture, same noise
+    blank = render_target(np.zeros((8, 8)), np.random.default_rng(5), size=32)
+    digit = render_target(images[10], np.random.default_rng(5), size=32)  # same texture, same noise
     diff = np.abs(digit.astype(int) - blank.astype(int)).max(axis=2)
     assert (diff > 100).mean() > 0.05  # strokes invert the texture
     assert np.median(diff[:2]) < 40  # top rows: background, nearly untouched

@@ -15,7 +15,10 @@ from balda.core.errors import ConfigError
 class DatasetConfig:
     """One dataset split on disk (formats in docs/datasets.md)."""
 
-    kind: Literal["cityscapes", "gta5", "synthia"] = "cityscapes"
+    #: Segmentation: cityscapes / gta5 / synthia. Classification: ``image_list`` (``root`` is a list
+    #: file of ``relative/path label`` lines, paths relative to its folder) or ``image_folder``
+    #: (``root/<class>/*.jpg``).
+    kind: Literal["cityscapes", "gta5", "synthia", "image_list", "image_folder"] = "cityscapes"
     root: str = ""
     split: str = "train"
     #: Resize images (bilinear) and labels (nearest) to [height, width] before cropping; null keeps size.
@@ -64,7 +67,8 @@ class DataConfig:
 # -------------------------------------------------------------------------------------------- model
 @dataclass
 class ModelConfig:
-    name: Literal["deeplabv2", "daformer", "efficientnet_lite", "small"] = "deeplabv2"
+    #: Segmentors: deeplabv2 / daformer / efficientnet_lite / small; image classifiers: classifier.
+    name: Literal["deeplabv2", "daformer", "efficientnet_lite", "small", "classifier"] = "deeplabv2"
     #: resnet18/34/50/101 for deeplabv2; mit_b0..mit_b5 for daformer; efficientnet_lite0 for
     #: efficientnet_lite; ignored by small.
     backbone: str = "resnet101"
@@ -88,6 +92,10 @@ class ModelConfig:
     output_stride: int = 4
     #: Stochastic depth of the efficientnet_lite encoder.
     drop_path_rate: float = 0.0
+    #: classifier: width of the bottleneck (Linear + BN + ReLU) between the backbone and the heads.
+    bottleneck_dim: int = 256
+    #: classifier: number of classifier heads (2 for MCD).
+    num_heads: int = 1
     sync_bn: bool = False
 
 
@@ -99,8 +107,13 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    #: ``poly``: lr = base * (1 - t/iters)^power after warm-up; ``inv`` (DANN/CDAN/MCD for image
+    #: classification): lr = base * (1 + inv_gamma t/iters)^-inv_power.
+    schedule: Literal["poly", "inv"] = "poly"
     #: Polynomial decay power (lr = base * (1 - it/iters)^power after warm-up).
     power: float = 0.9
+    inv_gamma: float = 10.0
+    inv_power: float = 0.75
     #: Length of the learning-rate schedule when it differs from ``train.iters`` (RIPU: a 62.5k
     #: schedule stopped at 40k iterations); null = ``train.iters``.
     schedule_iters: Optional[int] = None

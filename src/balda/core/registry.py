@@ -26,7 +26,7 @@ log = logging.getLogger("balda.registry")
 T = TypeVar("T")
 
 #: Modules holding the built-in entries of every registry (imported once, on the first look-up).
-BUILTIN_MODULES = ("balda.methods", "balda.active", "balda.engine.tasks")
+BUILTIN_MODULES = ("balda.methods", "balda.active", "balda.engine.tasks", "balda.engine.classification")
 #: Entry-point group of third-party plugins (each entry point names a module to import).
 PLUGIN_GROUP = "balda.plugins"
 
@@ -172,6 +172,9 @@ class BenchEntry:
     #: ``prepare(warm_run_dir, out_dir, seed, data_root, progress) -> list of overrides`` for the cell
     #: (CPSL: ``balda cpsl prepare`` on the warm-up run); None = start from the warm-up's weights.
     prepare: Optional[Callable[..., list]] = field(default=None, compare=False)
+    #: The benchmark the cell trains on (:data:`balda.experiments.catalog.BENCHMARKS`: ``streets``,
+    #: ``digits``); one grid holds methods of one benchmark.
+    benchmark: str = "streets"
 
 
 BENCH: Registry[BenchEntry] = Registry("bench method")
@@ -191,7 +194,7 @@ class TaskSpec:
     name: str
     #: ``build_model(cfg) -> nn.Module`` (outputs with ``.logits`` and ``.features``)
     build_model: Callable[[Any], Any]
-    #: ``build_dataset(dataset_cfg) -> dataset`` (the validation split; class statistics)
+    #: ``build_dataset(dataset_cfg, cfg) -> dataset`` (the validation split; class statistics)
     build_dataset: Callable[[Any], Any]
     #: ``build_loader(cfg, start_step, **strategy.loader_options()) -> iterator of batches``
     build_loader: Callable[..., Any]

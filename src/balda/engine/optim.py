@@ -7,7 +7,9 @@
 
 The schedule is a multiplicative factor on every group's base lr:
 ``f(t) = warmup_ratio + (1 - warmup_ratio) * t / warmup_iters`` for ``t < warmup_iters``, then
-``f(t) = (1 - t / iters) ** power``.
+``f(t) = (1 - t / iters) ** power`` (``schedule=poly``), or ``f(t) = (1 + gamma t / iters) ** -power``
+(``schedule=inv``, ``inv_gamma`` 10, ``inv_power`` 0.75: the DANN/CDAN/MCD classification recipe,
+SGD momentum 0.9, weight decay 1e-3, the backbone at 0.1x the head).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def lr_factor(step: int, iters: int, cfg: OptimConfig) -> float:
     """The schedule factor at iteration ``step`` (0-based) of ``iters`` (see module docstring)."""
     if cfg.warmup_iters > 0 and step < cfg.warmup_iters:
         return cfg.warmup_ratio + (1.0 - cfg.warmup_ratio) * step / cfg.warmup_iters
+    if cfg.schedule == "inv":  # Ganin & Lempitsky 2015: (1 + gamma p)^-power, p = t / iters
+        return (1.0 + cfg.inv_gamma * step / max(1, iters)) ** (-cfg.inv_power)
     return max(0.0, 1.0 - step / max(1, iters)) ** cfg.power
 
 

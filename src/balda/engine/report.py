@@ -21,7 +21,7 @@ def write_run_plots(run_dir: str | Path, metrics, records: list[dict]) -> list[P
     out = Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    if metrics is not None:
+    if metrics is not None and hasattr(metrics, "iou"):  # segmentation
         written.append(
             plots.plot_class_iou(
                 {Path(run_dir).name: np.asarray(metrics.iou)},
@@ -31,6 +31,18 @@ def write_run_plots(run_dir: str | Path, metrics, records: list[dict]) -> list[P
             )
         )
         written.append(plots.plot_confusion(np.asarray(metrics.confusion), CLASS_NAMES, out / "confusion.png"))
+    elif metrics is not None and hasattr(metrics, "per_class"):  # classification
+        names = list(metrics.class_names)
+        written.append(
+            plots.plot_class_iou(
+                {Path(run_dir).name: np.asarray(metrics.per_class)},
+                names,
+                out / "class_accuracy.png",
+                title="per-class accuracy (final model)",
+                metric="accuracy",
+            )
+        )
+        written.append(plots.plot_confusion(np.asarray(metrics.confusion), names, out / "confusion.png", unit="images"))
     train = [r for r in records if r.get("kind") == "train"]
     loss_keys = sorted({k for r in train for k in r if k.startswith("loss/")})
     if loss_keys:
@@ -46,7 +58,7 @@ def write_run_plots(run_dir: str | Path, metrics, records: list[dict]) -> list[P
                 [r["step"] for r in evals if r.get(k) is not None],
                 [100 * r[k] for r in evals if r.get(k) is not None],
             )
-            for k in ("eval/miou", "eval/min_iou", "eval/rare_recall")
+            for k in ("eval/miou", "eval/min_iou", "eval/rare_recall", "eval/accuracy", "eval/mean_class_accuracy")
             if any(k in r for r in evals)
         }
         written.append(plots.plot_curves(series, out / "eval.png", "target validation", "iteration", "%"))
@@ -56,13 +68,13 @@ def write_run_plots(run_dir: str | Path, metrics, records: list[dict]) -> list[P
         written.append(plots.plot_curves(series, out / "gh_conflict.png", "gradient conflict", "iteration", ""))
     terms = sorted({k.split("/")[1] for r in train for k in r if k.startswith("weights/") and k.count("/") == 2})
     for term in terms:
-        rows = [r for r in train if f"weights/{term}/{CLASS_NAMES[0]}" in r]
+        prefix = f"weights/{term}/"
+        rows = [r for r in train if any(k.startswith(prefix) for k in r)]
         if not rows:
             continue
-        w = np.array([[r.get(f"weights/{term}/{c}", np.nan) for c in CLASS_NAMES] for r in rows], dtype=float)
-        written.append(
-            plots.plot_class_weights([r["step"] for r in rows], w, CLASS_NAMES, out / f"class_weights_{term}.png")
-        )
+        names = [k[len(prefix) :] for k in rows[0] if k.startswith(prefix)]  # class names, or indices
+        w = np.array([[r.get(prefix + c, np.nan) for c in names] for r in rows], dtype=float)
+        written.append(plots.plot_class_weights([r["step"] for r in rows], w, names, out / f"class_weights_{term}.png"))
     from balda.core.registry import RUN_PLOTS
 
     for name, plot in RUN_PLOTS.items():  # plots registered by the method modules (CPSL's marginal ...)

@@ -25,7 +25,7 @@ def _seg_model(cfg):
     return build_model(cfg.model)
 
 
-def _seg_dataset(ds_cfg):
+def _seg_dataset(ds_cfg, cfg=None):
     from balda.data.datasets import build_dataset
 
     return build_dataset(ds_cfg)

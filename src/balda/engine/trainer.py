@@ -123,8 +123,8 @@ class Trainer:
         if cfg.train.compile:
             self.model.compile()
         # scanned now so that a missing or empty folder fails before any training (the loader reuses it)
-        self.source_ds = self.task.build_dataset(cfg.data.source)
-        self.val_ds = self.task.build_dataset(cfg.data.val)
+        self.source_ds = self.task.build_dataset(cfg.data.source, cfg)
+        self.val_ds = self.task.build_dataset(cfg.data.val, cfg)
         counts = None
         if cfg.balancing.class_weights in ("inverse_freq", "class_balanced"):
             if self.task.class_counts is None:

@@ -7,7 +7,7 @@ pair; its run folder is ``<out>/<method>_s<seed>``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +114,96 @@ _BUILTIN_CONTROLS["self_training+cbda@5%"] += ("self_training+ripu@5%",)
 _BUILTIN_WARMUP = {"self_training@warm": "source_only", "source_only@warm": "source_only"}
 
 
+#: The image-classification grid (the GH paper's main setting, issue #17) on the digits benchmark:
+#: the bounds, DANN, CDAN+E and MCD, each alone, with GH and with GH++ (the same combiner objects
+#: as segmentation; for MCD, step B on the generator's gradients - see balda.methods.mcd).
+_DIGITS_BASES = ("dann", "cdan_e", "mcd")
+_DIGITS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "digits/source_only": ("digits/source_only", ()),
+    "digits/oracle": ("digits/oracle", ()),
+    **{
+        f"digits/{b}{suffix}": (f"digits/{b}", over)
+        for b in _DIGITS_BASES
+        for suffix, over in (("", ()), ("+gh", ("balancing.combiner=gh",)), ("+gh++", ("balancing.combiner=gh++",)))
+    },
+}
+_DIGITS_CONTROLS: dict[str, tuple[str, ...]] = {
+    "digits/oracle": ("digits/source_only",),
+    **{f"digits/{b}": ("digits/source_only",) for b in _DIGITS_BASES},
+    **{f"digits/{b}+gh": (f"digits/{b}",) for b in _DIGITS_BASES},
+    **{f"digits/{b}+gh++": (f"digits/{b}", f"digits/{b}+gh") for b in _DIGITS_BASES},
+}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark a grid trains on: its default folder, the ``data.*.root`` overrides of a cell
+    (``roots(data)``) and ``ensure(data, progress)``, which generates it when missing."""
+
+    name: str
+    default_data: str
+    roots: Callable[[Path], dict[str, Path]]
+    ensure: Callable[[Path, bool], None]
+    #: The headline metric of its summary (``final_metrics.json`` key).
+    metric: str = "miou"
+
+
+def _ensure_streets(data: Path, progress: bool = True) -> None:
+    """Generate the default street benchmark in ``data`` unless a complete one is there already. A
+    complete benchmark generated with other parameters (``balda generate streets --size ...``) is
+    used as it is, never regenerated over."""
+    import logging
+
+    from balda.data.streets import generate_streets, load_streets_meta, streets_exists
+
+    log = logging.getLogger("balda.experiments")
+    meta = load_streets_meta(data)
+    if meta is not None and meta.get("complete"):
+        if not streets_exists(data):
+            log.info("using the street benchmark in %s as it is (parameters %s)", data, meta.get("params"))
+        return
+    log.info("generating the street benchmark in %s", data)
+    generate_streets(data, progress=progress)
+
+
+def _ensure_digits(data: Path, progress: bool = True) -> None:
+    """Generate the default digits benchmark in ``data`` unless a complete one is there (any parameters)."""
+    from balda.data.digits import generate_digits, load_digits_meta
+
+    meta = load_digits_meta(data)
+    if meta is None or not meta.get("complete"):
+        generate_digits(data)
+
+
+#: The benchmarks of ``balda bench`` by name.
+BENCHMARKS: dict[str, Benchmark] = {
+    "streets": Benchmark(
+        "streets",
+        "data/streets",
+        lambda d: {"source": d / "source", "target": d / "target", "val": d / "target"},
+        _ensure_streets,
+    ),
+    "digits": Benchmark(
+        "digits",
+        "data/digits",
+        lambda d: {"source": d / "source/train.txt", "target": d / "target/train.txt", "val": d / "target/test.txt"},
+        _ensure_digits,
+        metric="accuracy",
+    ),
+}
+
+
+def benchmark_of(methods: Iterable[str]) -> Benchmark:
+    """The one benchmark the ``methods`` train on (a grid mixing benchmarks is refused)."""
+    names = {entry(m).benchmark for m in methods}
+    if len(names) > 1:
+        raise ConfigError(f"--methods mixes benchmarks {sorted(names)}; run one grid per benchmark")
+    name = names.pop() if names else "streets"
+    if name not in BENCHMARKS:
+        raise ConfigError(f"bench entry benchmark {name!r} unknown; known: {sorted(BENCHMARKS)}")
+    return BENCHMARKS[name]
+
+
 def entries() -> dict[str, BenchEntry]:
     """Every bench method: the built-in design, then the entries registered by method modules (a
     registered name replaces a built-in one), in table order."""
@@ -123,6 +213,12 @@ def entries() -> dict[str, BenchEntry]:
         )
         for name, (config, over) in _BUILTIN.items()
     }
+    out.update(
+        {
+            name: BenchEntry(name, config, tuple(over), controls=_DIGITS_CONTROLS.get(name, ()), benchmark="digits")
+            for name, (config, over) in _DIGITS.items()
+        }
+    )
     for name, e in BENCH.items():
         out[name] = e
     return out
@@ -164,19 +260,18 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"{self.method.replace('+', '-').replace('@', '_')}_s{self.seed}"
+        return f"{self.method.replace('+', '-').replace('@', '_').replace('/', '_')}_s{self.seed}"
 
 
 def cell_overrides(cell: Cell, data: Path, out: Path, quick: bool = False, extra: Iterable[str] = ()) -> list[str]:
-    over = entry(cell.method).overrides
+    e = entry(cell.method)
+    roots = BENCHMARKS[e.benchmark].roots(Path(data))
     o = [
         f"name={cell.name}",
         f"out_dir={out}",
         f"train.seed={cell.seed}",
-        f"data.source.root={data / 'source'}",
-        f"data.target.root={data / 'target'}",
-        f"data.val.root={data / 'target'}",
-        *over,
+        *(f"data.{split}.root={roots[split]}" for split in ("source", "target", "val")),
+        *e.overrides,
     ]
     if quick:
         o += ["train.iters=40", "train.ckpt_every=20", "train.log_every=10", "eval.max_images=16"]

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional
 
-from .catalog import DEMO_ITERS, DEMO_METHODS, Cell, cell_config, cell_overrides, entry
+from .catalog import BENCHMARKS, DEMO_ITERS, DEMO_METHODS, Cell, benchmark_of, cell_config, cell_overrides, entry
 from .summary import summarize
 
 log = logging.getLogger("balda.experiments")
@@ -81,26 +81,17 @@ def run_cell(
     return json.loads((out / cell.name / "final_metrics.json").read_text())
 
 
-def ensure_benchmark(data: Path, progress: bool = True) -> None:
-    """Generate the default street benchmark in ``data`` unless a complete one is there already. A
-    complete benchmark generated with other parameters (``balda generate streets --size ...``) is
-    used as it is, never regenerated over."""
-    from balda.data.streets import generate_streets, load_streets_meta, streets_exists
-
-    meta = load_streets_meta(data)
-    if meta is not None and meta.get("complete"):
-        if not streets_exists(data):
-            log.info("using the street benchmark in %s as it is (parameters %s)", data, meta.get("params"))
-        return
-    log.info("generating the street benchmark in %s", data)
-    generate_streets(data, progress=progress)
+def ensure_benchmark(data: Path, progress: bool = True, benchmark: str = "streets") -> None:
+    """Generate ``benchmark`` (:data:`~balda.experiments.catalog.BENCHMARKS`) in ``data`` unless a
+    complete one is there already (one generated with other parameters is used as it is)."""
+    BENCHMARKS[benchmark].ensure(Path(data), progress)
 
 
 def run_grid(
     methods: Iterable[str],
     seeds: Iterable[int],
-    data: Path,
-    out: Path,
+    data: Optional[Path],
+    out: Optional[Path],
     quick: bool = False,
     subprocess_mode: bool = False,
     progress: bool = True,
@@ -108,10 +99,14 @@ def run_grid(
     jobs: int = 1,
 ) -> dict:
     """Run every (method, seed) cell not yet finished, ``jobs`` subprocesses at a time (each with
-    ``cpu_count // jobs`` threads), then summarise. With ``jobs > 1`` cells always run in subprocesses."""
+    ``cpu_count // jobs`` threads), then summarise. With ``jobs > 1`` cells always run in subprocesses.
+    ``data`` / ``out`` None: the benchmark's folder (``data/<benchmark>``) and ``results/<benchmark>``."""
     methods, seeds = list(methods), list(seeds)
+    bench = benchmark_of(methods)
+    data = Path(bench.default_data) if data is None else Path(data)
+    out = Path("results") / bench.name if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ensure_benchmark(data, progress)
+    ensure_benchmark(data, progress, bench.name)
     cells = [Cell(m, s) for s in seeds for m in methods]
     t0 = time.time()
     if jobs > 1:
@@ -155,7 +150,8 @@ def run_grid(
             print(f"[{i + 1}/{len(cells)}] {cell.method} seed {cell.seed}: {state}", flush=True)
             run_cell(cell, data, out, quick, extra, subprocess_mode, progress)
     summary = summarize(out, methods, seeds)
-    summary["seconds"] = time.time() - t0
+    if summary:
+        summary["seconds"], summary["out"] = time.time() - t0, str(out)
     return summary
 
 

@@ -62,10 +62,12 @@ def paired_interval(diffs: Iterable[float]) -> tuple[float, float, int]:
 
 
 def paired_differences(
-    per_seed: dict[str, dict[int, dict[str, float]]], controls: dict[str, tuple[str, ...]] | None = None
+    per_seed: dict[str, dict[int, dict[str, float]]],
+    controls: dict[str, tuple[str, ...]] | None = None,
+    metrics: tuple[str, ...] = PAIRED_METRICS,
 ) -> list[dict]:
     """For every method with a control in ``per_seed`` (``{method: {seed: {metric: value}}}``), the
-    paired-by-seed difference of each :data:`PAIRED_METRICS` over the seeds both have:
+    paired-by-seed difference of each of ``metrics`` over the seeds both have:
     ``{"method", "control", "n", "<metric>": (mean, half-width)}`` (see :func:`paired_interval`)."""
     if controls is None:
         controls = {k: e.controls for k, e in entries().items() if e.controls}
@@ -80,7 +82,7 @@ def paired_differences(
             if not seeds:
                 continue
             row: dict = {"method": method, "control": ctrl, "n": len(seeds)}
-            for k in PAIRED_METRICS:
+            for k in metrics:
                 mean, half, _ = paired_interval(per_seed[method][s][k] - per_seed[ctrl][s][k] for s in seeds)
                 row[k] = (mean, half)
             rows.append(row)
@@ -100,8 +102,16 @@ def _fmt_interval(mean: float, half: float) -> str:
     return f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]{mark}"
 
 
-def paired_table(rows: list[dict]) -> list[str]:
-    """Markdown lines of :func:`paired_differences` (``*``: the 95% interval excludes 0)."""
+def paired_table(
+    rows: list[dict],
+    columns: tuple[tuple[str, str], ...] = (
+        ("miou", "Δ mIoU"),
+        ("rare_recall", "Δ rare recall"),
+        ("min_iou", "Δ min-class IoU"),
+    ),
+) -> list[str]:
+    """Markdown lines of :func:`paired_differences` (``columns``: (metric key, header); ``*``: the 95%
+    interval excludes 0)."""
     if not rows:
         return []
     lines = [
@@ -109,15 +119,26 @@ def paired_table(rows: list[dict]) -> list[str]:
         "Each method against its control, paired by seed (mean difference of the runs with the same seed "
         "[95% t-interval]; * = the interval excludes 0):",
         "",
-        "| method | control | pairs | Δ mIoU | Δ rare recall | Δ min-class IoU |",
-        "|---|---|---|---|---|---|",
+        "| method | control | pairs | " + " | ".join(h for _, h in columns) + " |",
+        "|---|---|---|" + "---|" * len(columns),
     ]
     for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['control']} | {r['n']} | {_fmt_interval(*r['miou'])} | "
-            f"{_fmt_interval(*r['rare_recall'])} | {_fmt_interval(*r['min_iou'])} |"
-        )
+        cells = " | ".join(_fmt_interval(*r[k]) for k, _ in columns)
+        lines.append(f"| {r['method']} | {r['control']} | {r['n']} | {cells} |")
     return lines
+
+
+def conflict_stats(run_dir: Path) -> tuple[float, float] | None:
+    """``(share of steps in conflict (%), mean angle (deg))`` of a GH run from its logged
+    ``gh/conflict`` and ``gh/angle`` (means over the logging intervals); None without GH logs."""
+    from balda.engine.logger import read_metrics
+
+    recs = read_metrics(run_dir, "train")
+    conf = [r["gh/conflict"] for r in recs if r.get("gh/conflict") is not None]
+    ang = [r["gh/angle"] for r in recs if r.get("gh/angle") is not None]
+    if not conf:
+        return None
+    return 100 * float(np.mean(conf)), float(np.mean(ang)) if ang else math.nan
 
 
 def _per_class(m: dict, key: str = "iou") -> np.ndarray:
@@ -137,7 +158,15 @@ def _rarest(results: list[dict], k: int) -> list[int]:
 
 
 def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: int = 6) -> dict:
-    """Aggregate the finished cells into ``summary.{md,csv,json}`` and comparison plots."""
+    """Aggregate the finished cells into ``summary.{md,csv,json}`` and comparison plots (the
+    classification grid: :func:`balda.experiments.summary_cls.summarize_classification`)."""
+    from .catalog import benchmark_of
+
+    methods, seeds = list(methods), list(seeds)
+    if benchmark_of(methods).metric == "accuracy":
+        from .summary_cls import summarize_classification
+
+        return summarize_classification(out, methods, seeds)
     rows = {}
     runs = []
     by_seed: dict[str, dict[int, dict]] = {}
@@ -180,11 +209,10 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
                 kl.append(float(active[-1]["active/kl_uniform"]))
                 min_share.append(100 * float(active[-1]["active/min_class_share"]))
             recs = read_metrics(out / Cell(method, s).name, "train")
-            conf = [r["gh/conflict"] for r in recs if r.get("gh/conflict") is not None]
-            ang = [r["gh/angle"] for r in recs if r.get("gh/angle") is not None]
-            if conf:
-                gh_conf.append(100 * float(np.mean(conf)))
-                gh_angle.append(float(np.mean(ang)))
+            stats = conflict_stats(out / Cell(method, s).name)
+            if stats is not None:
+                gh_conf.append(stats[0])
+                gh_angle.append(stats[1])
             for r in recs:
                 if r.get("loss/source.ce") is not None:
                     loss_by_step.setdefault(r["step"], []).append(r["loss/source.ce"])

@@ -130,10 +130,15 @@ class DomainDiscriminator(nn.Module):
         return self.net(x.flatten(1)).squeeze(1)
 
 
+def _at_least_fp32(x: Tensor) -> Tensor:
+    """``x`` in float32 when it is a half type (autocast), else unchanged (float64 stays float64)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _weighted_bce(logits: Tensor, target: float, weights: Optional[Tensor]) -> Tensor:
     """``sum_i w_i BCE(sigmoid(z_i), y)`` with ``w_i = 1/n`` when ``weights`` is None, where
     ``BCE(sigmoid(z), 1) = softplus(-z)`` and ``BCE(sigmoid(z), 0) = softplus(z)``."""
-    z = logits.float().reshape(-1)
+    z = _at_least_fp32(logits).reshape(-1)
     bce = F.softplus(-z) if target == 1.0 else F.softplus(z)
     if weights is None:
         return bce.mean()
@@ -234,7 +239,7 @@ def entropy(logits: Tensor, normalise: bool = False) -> Tensor:
     """Per-sample prediction entropy ``H(p_b) = -sum_k p_bk log p_bk`` with ``p_b = softmax(z_b)``
     over dim 1, in nats (``/ log K`` with ``normalise``, so it lies in [0, 1]). Computed from
     ``log_softmax`` in float32: finite for any logits. (B, K) -> (B,)."""
-    logp = F.log_softmax(logits.float(), dim=1)
+    logp = F.log_softmax(_at_least_fp32(logits), dim=1)
     h = -(logp.exp() * logp).sum(dim=1)
     if normalise:
         h = h / math.log(logits.shape[1])
@@ -265,7 +270,7 @@ def mcd_discrepancy(logits1: Tensor, logits2: Tensor) -> Tensor:
     paper's per-sample L1 distance divided by K."""
     if logits1.shape != logits2.shape:
         raise ValueError(f"mcd_discrepancy: logits of shapes {tuple(logits1.shape)} and {tuple(logits2.shape)}")
-    return (F.softmax(logits1.float(), dim=1) - F.softmax(logits2.float(), dim=1)).abs().mean()
+    return (F.softmax(_at_least_fp32(logits1), dim=1) - F.softmax(_at_least_fp32(logits2), dim=1)).abs().mean()
 
 
 def minent_loss(logits: Tensor, normalise: bool = False) -> Tensor:

@@ -87,6 +87,9 @@ class WeightedCE(nn.Module):
     def forward(
         self, logits: torch.Tensor, labels: torch.Tensor, pixel_weights: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if logits.dim() == 2:  # image classification: (B, K) logits and (B,) labels, as 1x1 maps
+            logits, labels = logits[:, :, None, None], labels.reshape(-1, 1, 1)
+            pixel_weights = None if pixel_weights is None else pixel_weights.reshape(-1, 1, 1)
         up = resize_logits(logits, labels.shape[-2:])
         w = self.weighting(up.detach(), labels) if self.weighting is not None else None
         loss = weighted_cross_entropy(up, labels, class_weights=w, pixel_weights=pixel_weights)

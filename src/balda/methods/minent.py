@@ -55,9 +55,12 @@ class MinEntStrategy(Strategy):
     def compute_losses(self, model: Segmentor, batch: dict, step: int) -> StepOutput:
         src, tgt = batch["source"], batch["target"]
         src_ce, logs = self.source_ce(model(src["image"]).logits, src["label"])
-        size_t = tuple(tgt["label"].shape[-2:]) if "label" in tgt else tuple(tgt["image"].shape[-2:])
-        up_t = resize_logits(model(tgt["image"]).logits, size_t)
-        ent = entropy_map(up_t).mean()
+        logits_t = model(tgt["image"]).logits
+        if logits_t.dim() == 2:  # image classification: the entropy of each image's prediction
+            ent = entropy_map(logits_t).mean()
+        else:
+            size_t = tuple(tgt["label"].shape[-2:]) if "label" in tgt else tuple(tgt["image"].shape[-2:])
+            ent = entropy_map(resize_logits(logits_t, size_t)).mean()
         logs["minent/target_entropy"] = ent.detach()
         return StepOutput(
             losses={"source.ce": src_ce, "target.ent": ent},
