@@ -115,9 +115,9 @@ _BUILTIN_WARMUP = {"self_training@warm": "source_only", "source_only@warm": "sou
 
 
 #: The image-classification grid (the GH paper's main setting, issue #17) on the digits benchmark:
-#: the bounds, DANN, CDAN+E and MCD, each alone, with GH and with GH++ (the same combiner objects
+#: the bounds, DANN, CDAN+E, MCD and MinEnt, each alone, with GH and with GH++ (the same combiner objects
 #: as segmentation; for MCD, step B on the generator's gradients - see balda.methods.mcd).
-_DIGITS_BASES = ("dann", "cdan_e", "mcd")
+_DIGITS_BASES = ("dann", "cdan_e", "mcd", "minent")
 _DIGITS: dict[str, tuple[str, tuple[str, ...]]] = {
     "digits/source_only": ("digits/source_only", ()),
     "digits/oracle": ("digits/oracle", ()),
