@@ -63,6 +63,8 @@ N_SOURCE, N_TARGET_TRAIN, N_TARGET_VAL = 5, 3, 2
 #: Down-scaled geometry: resizes this wide, crops this high.
 DOWN_WIDTH, DOWN_CROP_H = 128, 64
 ITERS = 2
+#: The strategies with a mean teacher whose options (ImageNet model, ignored rows) the check rescales.
+SELF_TRAINING = ("self_training", "panoptic_self_training")
 
 
 @dataclass
@@ -73,7 +75,8 @@ class Result:
     ran: str = ""
     status: str = "ok"
     seconds: float = 0.0
-    miou: float | None = None
+    miou: float | None = None  #: the final score: mIoU, or mPQ for a panoptic recipe (``metric``)
+    metric: str = "mIoU"
 
     @property
     def ok(self) -> bool:
@@ -177,8 +180,9 @@ def overrides_for(name: str, roots: dict[str, Path], out: Path, scale: str, devi
         f"train.device={device}",
         "eval.max_images=2",
     ]
-    if cfg.method.name == "self_training" and cfg.method.self_training.imnet_model:
-        ov.append("method.self_training.imnet_model=null")
+    m = cfg.method.name
+    if m in SELF_TRAINING and getattr(cfg.method, m).imnet_model:
+        ov.append(f"method.{m}.imnet_model=null")
     if cfg.active.enabled:
         ov.append("active.rounds=[0.5]")
     pre = prerequisite(name)
@@ -211,10 +215,11 @@ def _down_overrides(cfg) -> list[str]:
         kind = "synthia" if cfg.data.source.kind == "synthia" else "gta5"
         (dh, dw), (fh, fw) = SHAPES["down"][kind], SHAPES["full"][kind]
         ov.append(f"data.rcs.min_pixels={max(1, round(cfg.data.rcs.min_pixels * dh * dw / (fh * fw)))}")
-    if cfg.method.name == "self_training":
-        st, s = cfg.method.self_training, DOWN_CROP_H / h
-        ov += [f"method.self_training.ignore_top={round(st.ignore_top * s)}"]
-        ov += [f"method.self_training.ignore_bottom={round(st.ignore_bottom * s)}"]
+    m = cfg.method.name
+    if m in SELF_TRAINING:
+        st, s = getattr(cfg.method, m), DOWN_CROP_H / h
+        ov += [f"method.{m}.ignore_top={round(st.ignore_top * s)}"]
+        ov += [f"method.{m}.ignore_bottom={round(st.ignore_bottom * s)}"]
     if cfg.active.enabled and cfg.active.mode == "pixel":  # acquisition works at the label size
         s = SHAPES["down"]["cityscapes"][1] / SHAPES["full"]["cityscapes"][1]
         ov.append(f"active.pixel_radius={max(1, round(cfg.active.pixel_radius * s))}")
@@ -256,7 +261,8 @@ def run_recipe(name: str, roots: dict[str, Path], out: Path, scale: str, device:
             res.ran += f", 1 acquisition round ({manifest['budget_used']} px)"
         if not (cfg.run_dir / "final_metrics.json").is_file():
             raise RuntimeError(f"no final evaluation: {cfg.run_dir / 'final_metrics.json'} is missing")
-        res.miou = float(metrics.miou) if metrics is not None else None
+        res.miou = float(metrics.score) if metrics is not None else None
+        res.metric = "mPQ" if cfg.task == "panoptic" else "mIoU"
     except Exception as e:  # one broken recipe must not hide the others
         lines = str(e).strip().splitlines()
         res.status = f"{type(e).__name__}: {lines[0] if lines else ''}".strip()
@@ -348,11 +354,11 @@ def markdown(results: list[Result], scale: str, device: str, data_s: float) -> s
         f"**{n_ok}/{len(results)} ok**, "
         f"{sum(r.seconds for r in results):.0f} s in all.",
         "",
-        "| recipe | what ran | result | final mIoU | seconds |",
+        "| recipe | what ran | result | final score | seconds |",
         "|---|---|---|---:|---:|",
     ]
     for r in results:
-        miou = "-" if r.miou is None else f"{100 * r.miou:.1f}"
+        miou = "-" if r.miou is None else f"{100 * r.miou:.1f} {r.metric}"
         lines.append(f"| {r.recipe} | {_cell(r.ran)} | {_cell(r.status)} | {miou} | {r.seconds:.1f} |")
     return "\n".join(lines) + "\n"
 

@@ -173,10 +173,12 @@ def _cmd_bench(args) -> int:
         print(summary["markdown"])
         print(f"results in {summary['out']} ({summary['seconds']:.0f} s)")
         if args.readme:
-            from balda.experiments import write_readme_section
+            from balda.experiments import benchmark_of, write_readme_section
 
             cmd = "balda bench " + " ".join(a for a in args.argv if not a.startswith("--readme") and a != args.readme)
-            write_readme_section(Path(args.readme), Path(summary["out"]), cmd, commit=args.commit)
+            write_readme_section(
+                Path(args.readme), Path(summary["out"]), cmd, commit=args.commit, section=benchmark_of(methods).name
+            )
             print(f"results section of {args.readme} updated")
     return 0
 
@@ -253,7 +255,14 @@ def _eval_parser() -> argparse.ArgumentParser:
     )
     _run_options(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the saved config")
-    p.add_argument("--export", metavar="DIR", help="write Cityscapes labelIds and colour PNGs of the predictions")
+    p.add_argument(
+        "--export",
+        metavar="DIR",
+        help=(
+            "write the predictions: Cityscapes labelIds and colour PNGs (semantic), COCO-panoptic PNGs and "
+            "JSON (panoptic), and metrics.json"
+        ),
+    )
     p.add_argument("--json", metavar="FILE", help="write the metrics as JSON")
     p.set_defaults(func=_cmd_eval)
     return p

@@ -105,7 +105,7 @@ def plot_class_iou(
             color=col,
             edgecolor="white",
             linewidth=0.4,
-            label=f"{m} ({'mIoU' if metric == 'IoU' else 'mean ' + metric} {miou:.1f})",
+            label=f"{m} ({ {'IoU': 'mIoU', 'PQ': 'mPQ'}.get(metric, 'mean ' + metric) } {miou:.1f})",
         )
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=9)

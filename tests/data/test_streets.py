@@ -278,8 +278,8 @@ def test_colours_vary_from_image_to_image():
     assert (roads.max(0) - roads.min(0)).min() > 40
 
 
-def test_generator_version_is_2_and_profiles():
-    assert streets.GENERATOR_VERSION == 2
+def test_generator_version_is_3_and_profiles():
+    assert streets.GENERATOR_VERSION == 3
     assert set(streets.PROFILES) == {"cityscapes", "balanced", "hard"}
     img, lab = render_scene(np.random.default_rng(0), "source", (48, 96), profile="hard")
     assert img.shape == (48, 96, 3)
@@ -360,8 +360,9 @@ def test_synthia_format_read_by_synthia_dataset(tmp_path):
     assert not (out / "source" / "images").exists()
     raw = cv2.imread(str(base / "GT" / "LABELS" / names[2]), cv2.IMREAD_UNCHANGED)
     assert raw.dtype == np.uint16 and raw.shape == (40, 72, 3)
-    assert not raw[..., :2].any()  # G and B (instance channels) are 0
-    img, lab = render_scene(image_rng(3, "source", 2), "source", (40, 72))
+    assert not raw[..., 0].any()  # B is 0
+    img, lab, ins = render_scene(image_rng(3, "source", 2), "source", (40, 72), with_instances=True)
+    assert np.array_equal(raw[..., 1], ins)  # G holds the instance ids (version 3)
     assert set(np.unique(raw[..., 2])) <= set(TRAINID_TO_SYNTHIA) | {0}
     assert np.array_equal(raw[..., 2] == 0, lab == IGNORE_INDEX)
     ds = SynthiaDataset(out / "source")

@@ -104,6 +104,29 @@ def test_readme_section_is_replaced_between_markers(tmp_path):
     assert "(2 runs)" in text and "balda bench --seeds 3" in text
 
 
+def test_each_benchmark_has_its_own_readme_block(tmp_path):
+    import json as _json
+
+    from balda.experiments import readme_markers, write_readme_section
+
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / "summary.json").write_text(_json.dumps({"runs": [{}]}))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n")
+    (out / "summary.md").write_text("streets table\n")
+    write_readme_section(readme, out, "balda bench", commit="a", section="streets")
+    (out / "summary.md").write_text("digits table\n")
+    write_readme_section(readme, out, "balda bench", commit="b", section="digits")
+    (out / "summary.md").write_text("digits table 2\n")
+    write_readme_section(readme, out, "balda bench", commit="c", section="digits")
+    text = readme.read_text()
+    assert "streets table" in text and "digits table 2" in text and "digits table\n" not in text
+    for section in ("streets", "digits"):
+        begin, end = readme_markers(section)
+        assert text.count(begin) == 1 and text.count(end) == 1 and text.index(begin) < text.index(end)
+
+
 def test_active_cells_report_the_labelled_set_balance(tiny_streets, tmp_path):
     """Active cells add the KL-to-uniform / rarest-class-share table of the last round's labelled set."""
     extra = [

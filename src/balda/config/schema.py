@@ -306,6 +306,33 @@ class ActiveConfig:
 
 
 @dataclass
+class PanopticConfig:
+    """Panoptic segmentation (``task: panoptic``; docs/panoptic.md): Panoptic-DeepLab targets, losses
+    and post-processing as EDAPS (Saha et al., ICCV 2023) uses them. Pixel sizes are at the training
+    resolution; the Cityscapes values (sigma 8, areas 4096 / 2048 at 1024x2048) scale with it."""
+
+    #: Centre heatmap: a Gaussian of ``sigma`` px at each thing instance's centre of mass.
+    sigma: float = 8.0
+    #: Instances smaller than ``small_area`` px get ``small_weight`` in the semantic CE (Panoptic-DeepLab).
+    small_area: int = 4096
+    small_weight: float = 3.0
+    weight_small: bool = True
+    #: Loss weights: semantic CE 1, centre MSE ``center_loss``, offset L1 ``offset_loss`` (thing pixels).
+    center_loss: float = 200.0
+    offset_loss: float = 0.01
+    #: Width of the centre and offset heads (conv3x3 -> ReLU -> conv1x1 on the decoder features).
+    head_channels: int = 64
+    #: Inference: centre peaks equal to their ``nms_kernel`` max-pool and above ``center_threshold``,
+    #: the ``top_k`` best; stuff segments below ``stuff_area`` px and things below ``thing_area`` px
+    #: are dropped (null: the Cityscapes 2048 px scaled to the evaluated size; 0 keeps all things).
+    center_threshold: float = 0.1
+    nms_kernel: int = 7
+    top_k: int = 200
+    stuff_area: Optional[int] = None
+    thing_area: int = 0
+
+
+@dataclass
 class Config:
     #: The prediction problem (:mod:`balda.engine.tasks`): segmentation, classification, panoptic.
     task: str = "segmentation"
@@ -319,6 +346,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)  # type: ignore[assignment]
     balancing: BalancingConfig = field(default_factory=BalancingConfig)
     active: ActiveConfig = field(default_factory=ActiveConfig)
+    panoptic: PanopticConfig = field(default_factory=PanopticConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -26,7 +26,13 @@ log = logging.getLogger("balda.registry")
 T = TypeVar("T")
 
 #: Modules holding the built-in entries of every registry (imported once, on the first look-up).
-BUILTIN_MODULES = ("balda.methods", "balda.active", "balda.engine.tasks", "balda.engine.classification")
+BUILTIN_MODULES = (
+    "balda.methods",
+    "balda.active",
+    "balda.engine.tasks",
+    "balda.engine.classification",
+    "balda.engine.panoptic_task",
+)
 #: Entry-point group of third-party plugins (each entry point names a module to import).
 PLUGIN_GROUP = "balda.plugins"
 

@@ -399,13 +399,15 @@ DATASETS: dict[str, Callable[..., SegDataset]] = {
 }
 
 
-def build_dataset(cfg) -> SegDataset:
-    """Build the dataset described by a :class:`balda.config.DatasetConfig`."""
-    if cfg.kind not in DATASETS:
-        raise ValueError(f"unknown dataset kind {cfg.kind!r}; expected one of {sorted(DATASETS)}")
+def build_dataset(cfg, datasets: Optional[dict[str, Callable[..., SegDataset]]] = None) -> SegDataset:
+    """Build the dataset described by a :class:`balda.config.DatasetConfig`, with the class that
+    ``datasets`` (default :data:`DATASETS`) gives for its kind."""
+    datasets = DATASETS if datasets is None else datasets
+    if cfg.kind not in datasets:
+        raise ValueError(f"unknown dataset kind {cfg.kind!r}; expected one of {sorted(datasets)}")
     if not cfg.root:
         raise DataError(f"{cfg.kind} dataset (split {cfg.split!r}): root is not set")
-    return DATASETS[cfg.kind](
+    return datasets[cfg.kind](
         cfg.root, split=cfg.split, labelled=cfg.labelled, max_items=cfg.max_items, on_error=cfg.on_error
     )
 

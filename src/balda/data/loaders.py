@@ -89,13 +89,17 @@ class TrainView(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key) -> dict:
+    @staticmethod
+    def parse_key(key) -> tuple[int, int, int, int]:
+        """``(index, sample_seed, required_class or -1, min_class_pixels)`` of a sampler key."""
         if isinstance(key, (int, np.integer)):
             key = (int(key), int(key), -1)
         if len(key) not in (3, 4):
             raise ValueError(f"TrainView key must be (index, sample_seed, required_class[, min_pixels]), got {key!r}")
-        index, seed, required = int(key[0]), int(key[1]), int(key[2])
-        min_pixels = int(key[3]) if len(key) == 4 else 0
+        return int(key[0]), int(key[1]), int(key[2]), int(key[3]) if len(key) == 4 else 0
+
+    def __getitem__(self, key) -> dict:
+        index, seed, required, min_pixels = self.parse_key(key)
         if self.on_error == "skip":
             index, image, label = self.dataset.load_or_skip(index)
         else:
@@ -311,6 +315,26 @@ def check_global_batch(cfg, world_size: int) -> None:
             )
 
 
+def build_rcs(cfg, source: SegDataset) -> tuple[Optional[RareClassSampler], int]:
+    """``(sampler, min_crop_pixels)`` of rare class sampling on ``source`` when ``cfg.data.rcs.enabled``
+    (class statistics from :func:`class_pixel_counts`, cached; ``min_crop_pixels`` scaled to the
+    crop area), else ``(None, 0)``."""
+    from balda.core import dist
+
+    d = cfg.data
+    if not d.rcs.enabled:
+        return None, 0
+    counts = dist.main_first(
+        lambda: class_pixel_counts(  # rank 0 fills the cache, the others read it
+            source, num_classes=cfg.model.num_classes, progress=cfg.train.progress and dist.is_main()
+        )
+    )
+    rcs = RareClassSampler(counts, temperature=d.rcs.temperature, min_pixels=d.rcs.min_pixels)
+    min_crop = rcs_min_crop_pixels(d.rcs.min_crop_pixels, d.crop)
+    log.info("%r; crops need >= %d pixels of the sampled class", rcs, min_crop)
+    return rcs, min_crop
+
+
 def build_train_loader(
     cfg, start_step: int = 0, target_label_filter: Optional[LabelFilter] = None, with_target_labels: bool = False
 ) -> UDALoader:
@@ -335,16 +359,7 @@ def build_train_loader(
     source = build_dataset(d.source)
     tcfg = dataclasses.replace(d.target, labelled=bool(with_target_labels))
     target = build_dataset(tcfg)
-    rcs, min_crop = None, 0
-    if d.rcs.enabled:
-        counts = dist.main_first(
-            lambda: class_pixel_counts(  # rank 0 fills the cache, the others read it
-                source, num_classes=cfg.model.num_classes, progress=cfg.train.progress and dist.is_main()
-            )
-        )
-        rcs = RareClassSampler(counts, temperature=d.rcs.temperature, min_pixels=d.rcs.min_pixels)
-        min_crop = rcs_min_crop_pixels(d.rcs.min_crop_pixels, d.crop)
-        log.info("%r; crops need >= %d pixels of the sampled class", rcs, min_crop)
+    rcs, min_crop = build_rcs(cfg, source)
     src_view = TrainView(source, TrainTransform.from_config(d, d.source), on_error=d.source.on_error)
     tgt_view = TrainView(
         target, TrainTransform.from_config(d, tcfg), label_filter=target_label_filter, on_error=tcfg.on_error
@@ -369,6 +384,7 @@ __all__ = [
     "StepBatchSampler",
     "UDALoader",
     "build_train_loader",
+    "build_rcs",
     "sample_seed",
     "rcs_min_crop_pixels",
     "check_global_batch",

@@ -208,13 +208,26 @@ def _check_shape(path, shape, expected) -> None:
         )
 
 
-def check_pair(sem_path: PathLike, inst_path: PathLike, sem: np.ndarray, inst: np.ndarray) -> None:
+def check_pair(sem_path: PathLike, inst_path: PathLike, sem: np.ndarray, inst: np.ndarray, things=None) -> None:
     """Raise :class:`DataError` (naming both files; ``path`` = the instance file) if the semantic
-    map ``sem`` read from ``sem_path`` and the instance map ``inst`` from ``inst_path`` differ in size."""
+    map ``sem`` read from ``sem_path`` and the instance map ``inst`` from ``inst_path`` differ in size,
+    or, when ``things`` (trainIds) is given, if a pixel has an instance id (``inst > 0``) but a class
+    of ``sem`` outside ``things`` (a stuff class or void)."""
     s, i = np.shape(sem)[:2], np.shape(inst)[:2]
     if s != i:
         raise DataError(
             f"instance map {inst_path} has size {i[1]}x{i[0]} but semantic label {sem_path} has {s[1]}x{s[0]}",
+            inst_path,
+        )
+    if things is None:
+        return
+    sem = np.asarray(sem)
+    bad = (np.asarray(inst) > 0) & ~_thing_lut(things)[np.clip(sem, 0, 255).astype(np.int64)]
+    if bad.any():
+        classes = np.unique(sem[bad])[:10].tolist()
+        raise DataError(
+            f"instance map {inst_path} has instance ids on {int(bad.sum())} pixel(s) whose class in "
+            f"semantic label {sem_path} is not a thing (trainIds {classes}; things are {sorted(things)})",
             inst_path,
         )
 

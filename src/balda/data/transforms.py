@@ -192,6 +192,18 @@ def normalize(
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
+def _crop_padded(arr: np.ndarray, yx, crop_hw, fill: int = 0) -> np.ndarray:
+    """The ``crop_hw`` window at ``yx`` of ``arr`` padded at the bottom/right with ``fill`` to at least
+    the crop size (the label geometry of :func:`random_crop`)."""
+    (y, x), (ch, cw) = yx, crop_hw
+    H, W = arr.shape[:2]
+    if H < ch or W < cw:
+        padded = np.full((max(H, ch), max(W, cw)), fill, dtype=arr.dtype)
+        padded[:H, :W] = arr
+        arr = padded
+    return arr[y : y + ch, x : x + cw]
+
+
 class TrainTransform:
     """resize -> random crop (cat_max_ratio, required class) -> flip -> jitter -> normalise.
 
@@ -199,9 +211,15 @@ class TrainTransform:
     ``(image FloatTensor (3, h, w), label LongTensor (h, w))``; an absent label (unlabelled target)
     gives an all-255 label of the output size. Random draws, in order: crop (see
     :func:`random_crop`), flip (``rng.random() < flip``), jitter (only if ``jitter > 0``).
-    ``crop=None`` keeps the (resized) size. With ``return_geometry=True`` a third value gives where
+    ``crop=None`` keeps the (resized) size. With ``return_geometry=True`` a last value gives where
     the sample came from: ``crop_box`` ``(y0, x0, y1, x1)`` as fractions of the resized image and
     ``flip`` (applied after the crop); CPSL uses it to align stored whole-image pseudo-labels.
+
+    ``instances`` (an (H, W) integer instance map of the label's size, panoptic labels) follows the
+    label's geometry exactly: nearest resize, the same crop box (padding with 0), the same flip; it
+    is returned as a LongTensor (h, w) after the label, ``(image, label, instances[, geometry])``.
+    It takes no random draw and does not influence any, so image and label are the same with or
+    without it.
     """
 
     def __init__(
@@ -262,9 +280,18 @@ class TrainTransform:
         required_class: Optional[int] = None,
         min_class_pixels: int = 0,
         return_geometry: bool = False,
+        instances: Optional[np.ndarray] = None,
     ):
+        if instances is not None:
+            if label is None:
+                raise ValueError("an instance map needs its semantic label")
+            if np.shape(instances)[:2] != np.shape(label)[:2]:
+                raise ValueError(f"instance map {np.shape(instances)} and label {np.shape(label)} differ in size")
+            instances = np.asarray(instances).astype(np.int32, copy=False)
         if self.resize is not None:
             image, label = resize(image, label, self.resize)
+            if instances is not None and instances.shape[:2] != self.resize:
+                instances = cv2.resize(instances, self.resize[::-1], interpolation=cv2.INTER_NEAREST)
         H, W = image.shape[:2]
         box = (0.0, 0.0, 1.0, 1.0)
         if self.crop is not None:
@@ -281,9 +308,13 @@ class TrainTransform:
                 return_box=True,
             )
             box = (y / H, x / W, (y + self.crop[0]) / H, (x + self.crop[1]) / W)
+            if instances is not None:
+                instances = _crop_padded(instances, (y, x), self.crop)
         flipped = bool(rng.random() < self.flip)
         if flipped:
             image, label = hflip(image, label)
+            if instances is not None:
+                instances = np.ascontiguousarray(instances[:, ::-1])
         if self.jitter > 0:
             image = photometric_jitter(image, rng, self.jitter)
         img_t = normalize(image, self.mean, self.std)
@@ -291,9 +322,12 @@ class TrainTransform:
             lab_t = torch.full(image.shape[:2], self.ignore, dtype=torch.long)
         else:
             lab_t = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))
+        out = (img_t, lab_t)
+        if instances is not None:
+            out += (torch.from_numpy(np.ascontiguousarray(instances).astype(np.int64)),)
         if return_geometry:
-            return img_t, lab_t, {"crop_box": torch.tensor(box, dtype=torch.float32), "flip": torch.tensor(flipped)}
-        return img_t, lab_t
+            out += ({"crop_box": torch.tensor(box, dtype=torch.float32), "flip": torch.tensor(flipped)},)
+        return out
 
 
 __all__ = [

@@ -31,6 +31,17 @@ def write_run_plots(run_dir: str | Path, metrics, records: list[dict]) -> list[P
             )
         )
         written.append(plots.plot_confusion(np.asarray(metrics.confusion), CLASS_NAMES, out / "confusion.png"))
+    elif metrics is not None and hasattr(metrics, "pq"):  # panoptic: per-class PQ, semantic confusion
+        written.append(
+            plots.plot_class_iou(
+                {Path(run_dir).name: np.asarray(metrics.pq)},
+                CLASS_NAMES,
+                out / "class_pq.png",
+                title="per-class PQ (final model)",
+                metric="PQ",
+            )
+        )
+        written.append(plots.plot_confusion(np.asarray(metrics.confusion), CLASS_NAMES, out / "confusion.png"))
     elif metrics is not None and hasattr(metrics, "per_class"):  # classification
         names = list(metrics.class_names)
         written.append(
@@ -58,7 +69,15 @@ def write_run_plots(run_dir: str | Path, metrics, records: list[dict]) -> list[P
                 [r["step"] for r in evals if r.get(k) is not None],
                 [100 * r[k] for r in evals if r.get(k) is not None],
             )
-            for k in ("eval/miou", "eval/min_iou", "eval/rare_recall", "eval/accuracy", "eval/mean_class_accuracy")
+            for k in (
+                "eval/miou",
+                "eval/min_iou",
+                "eval/rare_recall",
+                "eval/accuracy",
+                "eval/mean_class_accuracy",
+                "eval/mpq",
+                "eval/mpq_things",
+            )
             if any(k in r for r in evals)
         }
         written.append(plots.plot_curves(series, out / "eval.png", "target validation", "iteration", "%"))

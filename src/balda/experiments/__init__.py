@@ -10,8 +10,17 @@
 
 from __future__ import annotations
 
-from .catalog import DEMO_METHODS, QUICK_BENCH_METHODS, Cell, cell_config, cell_overrides, entries, entry
-from .readme import README_BEGIN, README_END, git_commit, write_readme_section
+from .catalog import (
+    DEMO_METHODS,
+    QUICK_BENCH_METHODS,
+    Cell,
+    benchmark_of,
+    cell_config,
+    cell_overrides,
+    entries,
+    entry,
+)
+from .readme import README_BEGIN, README_END, git_commit, readme_markers, write_readme_section
 from .runner import ensure_benchmark, is_done, prepare_warmup, run_cell, run_demo, run_grid
 from .summary import paired_differences, summarize
 
@@ -25,6 +34,7 @@ __all__ = [
     "entries",
     "entry",
     "README_BEGIN",
+    "benchmark_of",
     "README_END",
     "cell_config",
     "cell_overrides",
@@ -37,6 +47,7 @@ __all__ = [
     "run_demo",
     "run_grid",
     "summarize",
+    "readme_markers",
     "write_readme_section",
 ]
 

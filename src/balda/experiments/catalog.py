@@ -134,6 +134,28 @@ _DIGITS_CONTROLS: dict[str, tuple[str, ...]] = {
     **{f"digits/{b}+gh++": (f"digits/{b}", f"digits/{b}+gh") for b in _DIGITS_BASES},
 }
 
+#: The panoptic grid (issue #18, GBW's second task) on the SYNTHIA-format street benchmark with
+#: instance ids: the bounds, EDAPS-style self-training, and GBW on every semantic CE term.
+_PANOPTIC: dict[str, tuple[str, tuple[str, ...]]] = {
+    "panoptic/source_only": ("streets_panoptic/source_only", ()),
+    "panoptic/oracle": ("streets_panoptic/oracle", ()),
+    "panoptic/self_training": ("streets_panoptic/self_training", ()),
+    "panoptic/source_only+gbw": (
+        "streets_panoptic/source_only",
+        ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free"),
+    ),
+    "panoptic/self_training+gbw": (
+        "streets_panoptic/self_training",
+        ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free"),
+    ),
+}
+_PANOPTIC_CONTROLS: dict[str, tuple[str, ...]] = {
+    "panoptic/oracle": ("panoptic/source_only",),
+    "panoptic/self_training": ("panoptic/source_only",),
+    "panoptic/source_only+gbw": ("panoptic/source_only",),
+    "panoptic/self_training+gbw": ("panoptic/self_training",),
+}
+
 
 @dataclass(frozen=True)
 class Benchmark:
@@ -166,6 +188,17 @@ def _ensure_streets(data: Path, progress: bool = True) -> None:
     generate_streets(data, progress=progress)
 
 
+def _ensure_streets_synthia(data: Path, progress: bool = True) -> None:
+    """Generate the street benchmark with a SYNTHIA-format source (instance ids in both domains) in
+    ``data`` unless a complete one is there already."""
+    from balda.data.streets import generate_streets, load_streets_meta
+
+    meta = load_streets_meta(data)
+    if meta is not None and meta.get("complete"):
+        return
+    generate_streets(data, source_format="synthia", progress=progress)
+
+
 def _ensure_digits(data: Path, progress: bool = True) -> None:
     """Generate the default digits benchmark in ``data`` unless a complete one is there (any parameters)."""
     from balda.data.digits import generate_digits, load_digits_meta
@@ -189,6 +222,13 @@ BENCHMARKS: dict[str, Benchmark] = {
         lambda d: {"source": d / "source/train.txt", "target": d / "target/train.txt", "val": d / "target/test.txt"},
         _ensure_digits,
         metric="accuracy",
+    ),
+    "streets_panoptic": Benchmark(
+        "streets_panoptic",
+        "data/streets_synthia",
+        lambda d: {"source": d / "source", "target": d / "target", "val": d / "target"},
+        _ensure_streets_synthia,
+        metric="mpq",
     ),
 }
 
@@ -217,6 +257,14 @@ def entries() -> dict[str, BenchEntry]:
         {
             name: BenchEntry(name, config, tuple(over), controls=_DIGITS_CONTROLS.get(name, ()), benchmark="digits")
             for name, (config, over) in _DIGITS.items()
+        }
+    )
+    out.update(
+        {
+            name: BenchEntry(
+                name, config, tuple(over), controls=_PANOPTIC_CONTROLS.get(name, ()), benchmark="streets_panoptic"
+            )
+            for name, (config, over) in _PANOPTIC.items()
         }
     )
     for name, e in BENCH.items():

@@ -163,10 +163,15 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
     from .catalog import benchmark_of
 
     methods, seeds = list(methods), list(seeds)
-    if benchmark_of(methods).metric == "accuracy":
+    metric = benchmark_of(methods).metric
+    if metric == "accuracy":
         from .summary_cls import summarize_classification
 
         return summarize_classification(out, methods, seeds)
+    if metric == "mpq":
+        from .summary_pan import summarize_panoptic
+
+        return summarize_panoptic(out, methods, seeds)
     rows = {}
     runs = []
     by_seed: dict[str, dict[int, dict]] = {}

@@ -12,7 +12,7 @@ from typing import Optional
 
 from balda.config import Config
 from balda.core.registry import STRATEGIES, STRATEGY_WRAPPERS
-from balda.methods import adversarial, cdan, cpsl, dann, mcd, minent, self_training, supervised  # noqa: F401
+from balda.methods import adversarial, cdan, cpsl, dann, mcd, minent, panoptic, self_training, supervised  # noqa: F401
 from balda.methods.base import StepOutput, Strategy, WeightingFactory, register_strategy
 from balda.models.base import Segmentor
 

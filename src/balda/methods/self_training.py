@@ -235,7 +235,7 @@ class SelfTrainingStrategy(TeacherMixin, Strategy):
         """With ``method.self_training.imnet_model`` set (a weights path, or ``imagenet`` for a
         backbone whose weights come with a package), the frozen ImageNet model of the feature
         distance is built like the segmentor and loaded from it."""
-        st = cfg.method.self_training
+        st = getattr(cfg.method, cls.registered_name or "self_training")
         imnet = None
         if st.imnet_model:
             from balda.models import build_model
@@ -243,7 +243,7 @@ class SelfTrainingStrategy(TeacherMixin, Strategy):
 
             imnet = build_model(dataclasses.replace(cfg.model, pretrained=None, init=None))
             load_pretrained(imnet, st.imnet_model)
-        return cls(
+        strategy = cls(
             model,
             weighting,
             st,
@@ -253,6 +253,11 @@ class SelfTrainingStrategy(TeacherMixin, Strategy):
             seed=cfg.train.seed,
             imnet_model=imnet,
         )
+        strategy.configure(cfg)
+        return strategy
+
+    def configure(self, cfg) -> None:
+        """Read what a subclass needs from the run config beyond ``method.<name>`` (default: nothing)."""
 
     @property
     def imnet_model(self) -> Optional[nn.Module]:
@@ -304,8 +309,7 @@ class SelfTrainingStrategy(TeacherMixin, Strategy):
         finally:
             if hook is not None:
                 hook.remove()
-        losses["source.ce"], ce_logs = self.source_ce(out_s.logits, ys)
-        logs.update(ce_logs)
+        self.add_source_losses(out_s, src, losses, weights, logs, task)
 
         # 5. ImageNet feature distance on thing classes
         if self.fdist_enabled:
@@ -322,11 +326,11 @@ class SelfTrainingStrategy(TeacherMixin, Strategy):
         # 2. pseudo-labels from the teacher on the un-augmented target
         g = step_generator(self.seed, step, xt.device)
         with torch.no_grad():
-            t_logits = self.teacher(xt).logits
+            t_out = self.teacher(xt)
         # label construction and photometric augmentation in float32 (outside any autocast region)
         with torch.no_grad(), torch.autocast(xt.device.type, enabled=False):
             pseudo, pix_w, q = pseudo_label(
-                t_logits,
+                t_out.logits,
                 tuple(xt.shape[-2:]),
                 cfg.pseudo_threshold,
                 cfg.ignore_top,
@@ -335,8 +339,8 @@ class SelfTrainingStrategy(TeacherMixin, Strategy):
             )
             # 3. ClassMix (source b mod B_s pasted on target b) + strong augmentation
             Bs, Bt = xs.shape[0], xt.shape[0]
-            if Bs != Bt:
-                pair = torch.arange(Bt, device=xs.device) % Bs
+            pair = torch.arange(Bt, device=xs.device) % Bs if Bs != Bt else None
+            if pair is not None:
                 xs_p, ys_p = xs.index_select(0, pair), ys.index_select(0, pair)
             else:
                 xs_p, ys_p = xs, ys
@@ -346,20 +350,37 @@ class SelfTrainingStrategy(TeacherMixin, Strategy):
                 mask = torch.zeros_like(pseudo, dtype=torch.bool)
             x_mix = mix(mask, xs_p, xt)
             y_mix, w_mix = mixed_targets(mask, ys_p, pseudo, pix_w)
+            extra = self.mixed_extras(mask, src, pair, t_out, pseudo, y_mix)
             x_mix = color_jitter(x_mix, cfg.color_jitter_strength, 1.0 - cfg.color_jitter_p, g, self.mean, self.std)
             if cfg.blur:
                 x_mix = gaussian_blur(x_mix, g)
 
         # 4. mixed pseudo-label CE
         out_m = model(x_mix)
-        losses["target.ce"], ce_logs = self.target_ce(out_m.logits, y_mix, pixel_weights=w_mix)
-        weights["target.ce"] = cfg.lambda_target
-        logs.update(ce_logs)
+        self.add_target_losses(out_m, y_mix, w_mix, mask, extra, losses, weights, logs)
 
         logs["st/pseudo_conf"] = q.mean()
         logs["st/ema_alpha"] = torch.tensor(self.current_alpha(step))
         logs["st/mix_ratio"] = mask.float().mean()
         return StepOutput(losses=losses, weights=weights, task=tuple(task), logs=logs)
+
+    # ----------------------------------------------- extension points (panoptic self-training)
+    def add_source_losses(self, out_s, src: dict, losses: dict, weights: dict, logs: dict, task: list) -> None:
+        """Step 1: ``source.ce`` of the source output (a subclass adds its own source terms)."""
+        losses["source.ce"], ce_logs = self.source_ce(out_s.logits, src["label"])
+        logs.update(ce_logs)
+
+    def mixed_extras(self, mask, src: dict, pair, t_out, pseudo, y_mix) -> dict:
+        """Step 3: further mixed targets from the ClassMix ``mask``, the source part (``pair``: the
+        source index of each target image, None when the batches pair one to one), the teacher's
+        output and the pseudo-labels; default none."""
+        return {}
+
+    def add_target_losses(self, out_m, y_mix, w_mix, mask, extra: dict, losses: dict, weights: dict, logs: dict):
+        """Step 4: ``target.ce`` of the mixed image (trade-off ``lambda_target``)."""
+        losses["target.ce"], ce_logs = self.target_ce(out_m.logits, y_mix, pixel_weights=w_mix)
+        weights["target.ce"] = self.cfg.lambda_target
+        logs.update(ce_logs)
 
     # -------------------------------------------------------------------------------- post-step
     def after_step(self, model: Segmentor, step: int) -> dict[str, torch.Tensor]:

@@ -36,6 +36,7 @@ __all__ = [
     "group_pixels",
     "panoptic_post_process",
     "PanopticPostProcess",
+    "panoptic_postprocess_from_config",
 ]
 
 #: Minimum stuff-segment area at Cityscapes full resolution (Panoptic-DeepLab's Cityscapes setting).
@@ -232,3 +233,34 @@ class PanopticPostProcess:
             stuff_area=stuff_area,
             thing_area=thing_area,
         )
+
+
+def panoptic_postprocess_from_config(cfg):
+    """``post(semantic, center, offset) -> (pan, segments)`` with the run config's settings: the thing
+    classes of ``cfg.eval.view`` (:func:`balda.data.panoptic.thing_ids`), ``model.num_classes`` and
+    ``cfg.panoptic`` (``center_threshold``, ``nms_kernel``, ``top_k``; ``stuff_area`` in pixels at the
+    evaluated size, or null for Cityscapes' 2048 px scaled to it by :func:`scale_area`; ``thing_area``
+    in pixels at the evaluated size)."""
+    from balda.data.panoptic import thing_ids
+
+    pc = cfg.panoptic
+    things = tuple(thing_ids(cfg.eval.view))
+    num_classes = int(cfg.model.num_classes)
+
+    def post(semantic: torch.Tensor, center: torch.Tensor, offset: torch.Tensor):
+        size = tuple(offset.shape[-2:])
+        stuff = scale_area(CITYSCAPES_STUFF_AREA, size) if pc.stuff_area is None else int(pc.stuff_area)
+        return panoptic_post_process(
+            semantic,
+            center,
+            offset,
+            things=things,
+            num_classes=num_classes,
+            threshold=pc.center_threshold,
+            nms_kernel=pc.nms_kernel,
+            top_k=pc.top_k,
+            stuff_area=stuff,
+            thing_area=int(pc.thing_area),
+        )
+
+    return post

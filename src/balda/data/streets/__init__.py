@@ -8,9 +8,15 @@ normal GTA5 and Cityscapes loaders read them unchanged:
 * **source** (GTA5 format, the default): ``source/images/NNNNN.png`` (RGB) and ``source/labels/NNNNN.png``
   (palette PNG whose values are Cityscapes labelIds, unlabelled = 0); or (``source_format='synthia'``,
   SYNTHIA-RAND-CITYSCAPES format) ``source/RAND_CITYSCAPES/RGB/NNNNNNN.png`` and
-  ``source/RAND_CITYSCAPES/GT/LABELS/NNNNNNN.png`` (16-bit 3-channel PNG, SYNTHIA class id in R);
+  ``source/RAND_CITYSCAPES/GT/LABELS/NNNNNNN.png`` (16-bit 3-channel PNG, SYNTHIA class id in R,
+  instance id in G);
 * **target** (Cityscapes format): ``target/leftImg8bit/{train,val}/<city>/<stem>_leftImg8bit.png``
-  and ``target/gtFine/{train,val}/<city>/<stem>_gtFine_labelIds.png`` (8-bit labelIds).
+  and ``target/gtFine/{train,val}/<city>/<stem>_gtFine_labelIds.png`` (8-bit labelIds) with
+  ``<stem>_gtFine_instanceIds.png`` (16-bit, ``labelId * 1000 + k`` on the pixels of an instance).
+
+Instances (generator version 3, :mod:`~balda.data.streets.instances`): every drawn object is one
+object, and each of its visible thing classes one instance (a bicycle and its rider are two); the
+images and labels are those of version 2, byte for byte.
 
 Each domain has its own size (``source_size``, ``target_size``; default 128x256 for both), so the
 real shapes (GTA5 1052x1914, SYNTHIA 760x1280, Cityscapes 1024x2048; about a second per image on a

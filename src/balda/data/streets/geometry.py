@@ -37,11 +37,19 @@ class _Cam:
 
 
 class _Canvas:
-    """An RGB float image and a trainId label map painted together (painter's algorithm)."""
+    """An RGB float image and a trainId label map painted together (painter's algorithm).
 
-    def __init__(self, H: int, W: int):
+    With ``with_objects``, an int32 object map ``obj`` is painted with them: every ``fill`` /
+    ``line`` writes ``current`` (the number of the object being drawn, 0 for the background) into
+    the pixels it labels, so ``obj`` holds the object that painted each pixel last
+    (:mod:`~balda.data.streets.instances`). The object map never changes the image or the labels.
+    """
+
+    def __init__(self, H: int, W: int, with_objects: bool = False):
         self.img = np.zeros((H, W, 3), np.float32)
         self.lab = np.full((H, W), IGNORE_INDEX, np.uint8)
+        self.obj = np.zeros((H, W), np.int32) if with_objects else None
+        self.current = 0
 
     @staticmethod
     def _pts(pts: np.ndarray) -> list[np.ndarray]:
@@ -57,12 +65,16 @@ class _Canvas:
         p = self._pts(pts)
         cv2.fillPoly(self.img, p, self._colour(colour), cv2.LINE_8, 4)
         cv2.fillPoly(self.lab, p, int(cls), cv2.LINE_8, 4)
+        if self.obj is not None:
+            cv2.fillPoly(self.obj, p, int(self.current), cv2.LINE_8, 4)
 
     def line(self, pts: np.ndarray, cls: int, colour, thick: float, closed: bool = False) -> None:
         p = self._pts(pts)
         t = int(max(1, round(thick)))
         cv2.polylines(self.img, p, closed, self._colour(colour), t, cv2.LINE_8, 4)
         cv2.polylines(self.lab, p, closed, int(cls), t, cv2.LINE_8, 4)
+        if self.obj is not None:
+            cv2.polylines(self.obj, p, closed, int(self.current), t, cv2.LINE_8, 4)
 
     def shade(self, pts: np.ndarray, factor: float) -> None:
         """Darken the image under a polygon (shadows) without touching the labels."""

@@ -9,6 +9,7 @@ from balda.data.labels import IGNORE_INDEX, NUM_CLASSES
 
 from .background import _background, _make_layout
 from .geometry import _Cam, _Canvas, _fields, _grids
+from .instances import instance_map
 from .objects import _place_objects
 from .style import _TEXTURE_FIELDS, DEFAULT_SHIFT, domain_priors, domain_style, vary_style
 
@@ -69,11 +70,19 @@ def render_scene(
     size: tuple[int, int] = (128, 256),
     shift: float = DEFAULT_SHIFT,
     profile: str = "cityscapes",
-) -> tuple[np.ndarray, np.ndarray]:
+    with_instances: bool = False,
+) -> tuple[np.ndarray, ...]:
     """Render one street scene of ``domain`` ('source' or 'target').
 
     Returns ``(image uint8 HxWx3 RGB, label uint8 HxW of trainIds, 255 = unlabelled)``. All randomness
     comes from ``rng``, so a fixed generator state gives identical arrays.
+
+    ``with_instances=True`` returns ``(image, label, instances)`` with ``instances`` int32 (H, W):
+    each object of the scene (a car, a person, a bicycle with its rider, ...) is one object, and each
+    of its thing classes that is still visible in the final label is one instance, numbered
+    ``1..N`` in drawing order (:func:`~balda.data.streets.instances.instance_map`); 0 elsewhere
+    (stuff, unlabelled, the ego-vehicle bonnet). Image and label are the same arrays, bit for bit,
+    as with ``with_instances=False`` (no extra random draws, the same painting order).
     """
     H, W = int(size[0]), int(size[1])
     st = domain_style(domain, shift, profile)
@@ -90,12 +99,14 @@ def render_scene(
     )
     st = vary_style(st, rng)
     fields = _fields(rng, H, W, yy, xx)
-    cv = _Canvas(H, W)
+    cv = _Canvas(H, W, with_objects=with_instances)
     lay = _make_layout(rng, pr)
     _background(cv, cam, rng, st, pr, lay, fields, yy, xx)
     objs = _place_objects(cam, rng, st, pr, lay)
-    for _z, _, draw in sorted(objs, key=lambda o: (-o[0], o[1])):
+    for number, (_z, _, draw) in enumerate(sorted(objs, key=lambda o: (-o[0], o[1])), start=1):
+        cv.current = number
         draw(cv)
+    cv.current = 0
     if rng.random() < float(st["hood"]):
         _hood(cv, cam, rng, yy, xx)
     # per-class textures (the same label-driven fields, with domain-specific amplitudes)
@@ -103,6 +114,8 @@ def render_scene(
     delta = sum(tex[..., i] * fields[name] for i, name in enumerate(_TEXTURE_FIELDS))
     img = cv.img + delta[..., None]
     img = _photometric(img, rng, st["sensor"], yy, xx)
+    if with_instances:
+        return img, cv.lab, instance_map(cv.obj, cv.lab)
     return img, cv.lab
 
 

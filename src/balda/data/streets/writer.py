@@ -27,13 +27,16 @@ from balda.data.labels import (
     colorize,
 )
 
+from .instances import cityscapes_instance_ids
 from .render import image_rng, render_scene
 from .style import DEFAULT_SHIFT, _canonical_profile
 
 GENERATOR = "balda.streets"
 
-#: Bumped whenever the rendering changes, so stale folders are regenerated.
-GENERATOR_VERSION = 2
+#: Bumped whenever the rendering or the files change, so stale folders are regenerated. Version 3
+#: adds instance ids (Cityscapes ``*_gtFine_instanceIds.png``, the G channel of SYNTHIA-format
+#: labels) and keeps the images and labels of version 2 byte for byte.
+GENERATOR_VERSION = 3
 #: Made-up city names of the target splits (Cityscapes keeps its val cities apart from train).
 TARGET_CITIES = {"train": ("lindenau", "oakport"), "val": ("rivermark",)}
 #: On-disk formats of the source domain.
@@ -113,34 +116,51 @@ def _relpaths(domain_key: str, index: int, source_format: str = "gta5") -> tuple
     )
 
 
-def _write_synthia_label(path: str, lab: np.ndarray) -> None:
-    """A 16-bit 3-channel SYNTHIA label PNG (OpenCV, BGR): the class id in R (index 2), 0 in G and B."""
+def _instance_relpath(label_relpath: str) -> str:
+    """The ``*_gtFine_instanceIds.png`` next to a target ``*_gtFine_labelIds.png``."""
+    return label_relpath[: -len("_labelIds.png")] + "_instanceIds.png"
+
+
+def _write_png16(path: str, arr: np.ndarray, what: str) -> None:
+    ok, buf = cv2.imencode(".png", arr.astype(np.uint16), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise DataError(f"cannot encode {what} {path}", path)
+    Path(path).write_bytes(buf.tobytes())
+
+
+def _write_synthia_label(path: str, lab: np.ndarray, ins: np.ndarray) -> None:
+    """A 16-bit 3-channel SYNTHIA label PNG (OpenCV, BGR): the class id in R (index 2), the instance
+    id in G (index 1; 0 = no instance), 0 in B."""
+    if int(ins.max(initial=0)) > 65535:
+        raise DataError(f"SYNTHIA label {path}: {int(ins.max())} instances do not fit the 16-bit G channel", path)
     bgr = np.zeros((*lab.shape, 3), np.uint16)
     bgr[..., 2] = _TRAINID_TO_SYNTHIA_LUT[lab]
-    ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise DataError(f"cannot encode SYNTHIA label {path}", path)
-    Path(path).write_bytes(buf.tobytes())
+    bgr[..., 1] = ins
+    _write_png16(path, bgr, "SYNTHIA label")
 
 
 def _render_job(job: tuple) -> tuple[str, int, np.ndarray]:
     out, domain_key, index, seed, size, shift, profile, source_format, quirk = job
     domain = "source" if domain_key == "source" else "target"
     render_size = _odd_size(size) if quirk == "odd_size" else size
-    img, lab = render_scene(image_rng(seed, domain_key, index), domain, render_size, shift, profile)
+    img, lab, ins = render_scene(
+        image_rng(seed, domain_key, index), domain, render_size, shift, profile, with_instances=True
+    )
     if quirk == "label_size":
         h, w = _shrunk_label_size(size)
         lab = cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST)
     ip, lp = _relpaths(domain_key, index, source_format)
     Image.fromarray(img).save(os.path.join(out, ip), compress_level=1)
     if domain == "source" and source_format == "synthia":
-        _write_synthia_label(os.path.join(out, lp), lab)
+        _write_synthia_label(os.path.join(out, lp), lab, ins)
     elif domain == "source":
         im = Image.fromarray(TRAINID_TO_LABELID_LUT[lab])
         im.putpalette(_GTA_PALETTE)
         im.save(os.path.join(out, lp))
     else:
         Image.fromarray(TRAINID_TO_LABELID_LUT[lab]).save(os.path.join(out, lp))
+        inst_path = os.path.join(out, _instance_relpath(lp))
+        _write_png16(inst_path, cityscapes_instance_ids(lab, ins), "Cityscapes instanceIds")
     counts = np.bincount(np.minimum(lab, NUM_CLASSES).ravel(), minlength=NUM_CLASSES + 1)
     return domain_key, index, counts
 
@@ -245,17 +265,17 @@ def streets_exists(
         return False
     out = Path(out)
 
-    def n_png(d: Path) -> int:
-        return sum(1 for _ in d.rglob("*.png")) if d.is_dir() else 0
+    def n_png(d: Path, pattern: str = "*.png") -> int:
+        return sum(1 for _ in d.rglob(pattern)) if d.is_dir() else 0
 
     img_dir, lab_dir = _source_dirs(source_format)
     return (
         n_png(out / img_dir) == n_source
         and n_png(out / lab_dir) == n_source
         and n_png(out / "target" / "leftImg8bit" / "train") == n_target_train
-        and n_png(out / "target" / "gtFine" / "train") == n_target_train
+        and n_png(out / "target" / "gtFine" / "train", "*_labelIds.png") == n_target_train
         and n_png(out / "target" / "leftImg8bit" / "val") == n_target_val
-        and n_png(out / "target" / "gtFine" / "val") == n_target_val
+        and n_png(out / "target" / "gtFine" / "val", "*_labelIds.png") == n_target_val
     )
 
 
@@ -303,10 +323,13 @@ def generate_streets(
     """Write the two-domain benchmark under ``out`` and return its summary.
 
     Layout: the source in ``source/{images,labels}`` (``source_format='gta5'``: ``NNNNN.png`` RGB
-    images and palette PNGs of Cityscapes labelIds) or ``source/RAND_CITYSCAPES/{RGB,GT/LABELS}``
-    (``'synthia'``: ``NNNNNNN.png`` RGB images and 16-bit 3-channel label PNGs written with OpenCV, the
-    SYNTHIA class id in R, 0 in G and B; unlabelled pixels are class 0, void), the target in
-    ``target/{leftImg8bit,gtFine}/{train,val}`` (Cityscapes format), ``samples_source.png`` /
+    images and palette PNGs of Cityscapes labelIds; no instances, as in GTA5) or
+    ``source/RAND_CITYSCAPES/{RGB,GT/LABELS}`` (``'synthia'``: ``NNNNNNN.png`` RGB images and 16-bit
+    3-channel label PNGs written with OpenCV, the SYNTHIA class id in R, the instance id in G (1..N
+    per image, 0 = none), 0 in B; unlabelled pixels are class 0, void), the target in
+    ``target/{leftImg8bit,gtFine}/{train,val}`` (Cityscapes format: ``_gtFine_labelIds.png`` and the
+    16-bit ``_gtFine_instanceIds.png``, ``labelId * 1000 + k`` on instance pixels with ``k = 0..n-1``
+    per class, the labelId elsewhere), ``samples_source.png`` /
     ``samples_target.png`` (4 images with their colourised labels) and ``meta.json`` (params + summary;
     written last, so a folder is reused by :func:`streets_exists` only when complete). If ``out``
     already holds a complete benchmark with the same parameters, nothing is regenerated. Output is
