@@ -315,6 +315,44 @@ def check_global_batch(cfg, world_size: int) -> None:
             )
 
 
+def check_world_batch(cfg) -> None:
+    """:func:`check_global_batch` for the current process group (nothing to check in one process);
+    called before any dataset is read, so a bad batch size fails at once."""
+    from balda.core import dist
+
+    if dist.world_size() > 1:
+        check_global_batch(cfg, dist.world_size())
+
+
+def uda_loader(
+    cfg,
+    src_view: Dataset,
+    tgt_view: Dataset,
+    start_step: int = 0,
+    rcs: Optional[RareClassSampler] = None,
+    min_crop_pixels: int = 0,
+) -> UDALoader:
+    """The :class:`UDALoader` of ``cfg`` over two training views: batch sizes, workers and seed from
+    ``cfg.data`` / ``cfg.train``, this process's rank and world size from :mod:`balda.core.dist`.
+    The one place both the semantic and the panoptic train loaders are assembled."""
+    from balda.core import dist
+
+    d = cfg.data
+    return UDALoader(
+        src_view,
+        tgt_view,
+        d.batch_source,
+        d.batch_target,
+        seed=cfg.train.seed,
+        start_step=start_step,
+        num_workers=d.num_workers,
+        rcs=rcs,
+        min_crop_pixels=min_crop_pixels,
+        rank=dist.rank(),
+        world_size=dist.world_size(),
+    )
+
+
 def build_rcs(cfg, source: SegDataset) -> tuple[Optional[RareClassSampler], int]:
     """``(sampler, min_crop_pixels)`` of rare class sampling on ``source`` when ``cfg.data.rcs.enabled``
     (class statistics from :func:`class_pixel_counts`, cached; ``min_crop_pixels`` scaled to the
@@ -348,12 +386,8 @@ def build_train_loader(
     :func:`class_pixel_counts` of the source (cached), and a crop must hold
     ``rcs.min_crop_pixels`` (scaled from 512x512 to the crop area) of the sampled class.
     """
-    from balda.core import dist
-
     d = cfg.data
-    rank, world = dist.rank(), dist.world_size()
-    if world > 1:
-        check_global_batch(cfg, world)
+    check_world_batch(cfg)
     if target_label_filter is not None:
         with_target_labels = True  # the filter masks target labels, so they must be read
     source = build_dataset(d.source)
@@ -364,19 +398,7 @@ def build_train_loader(
     tgt_view = TrainView(
         target, TrainTransform.from_config(d, tcfg), label_filter=target_label_filter, on_error=tcfg.on_error
     )
-    return UDALoader(
-        src_view,
-        tgt_view,
-        d.batch_source,
-        d.batch_target,
-        seed=cfg.train.seed,
-        start_step=start_step,
-        num_workers=d.num_workers,
-        rcs=rcs,
-        min_crop_pixels=min_crop,
-        rank=rank,
-        world_size=world,
-    )
+    return uda_loader(cfg, src_view, tgt_view, start_step, rcs, min_crop)
 
 
 __all__ = [
@@ -388,6 +410,8 @@ __all__ = [
     "sample_seed",
     "rcs_min_crop_pixels",
     "check_global_batch",
+    "check_world_batch",
+    "uda_loader",
     "SOURCE_STREAM",
     "TARGET_STREAM",
 ]

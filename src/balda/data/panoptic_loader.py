@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from balda.data.datasets import SegDataset, build_dataset
-from balda.data.loaders import TrainView, UDALoader, build_rcs, check_global_batch
+from balda.data.loaders import TrainView, UDALoader, build_rcs, check_world_batch, uda_loader
 from balda.data.panoptic import panoptic_targets, thing_ids
 from balda.data.panoptic_datasets import build_panoptic_dataset
 from balda.data.transforms import TrainTransform
@@ -113,12 +113,8 @@ def build_panoptic_train_loader(cfg, start_step: int = 0, with_target_labels: bo
     :func:`panoptic_things`. An unlabelled target is read by a plain :class:`TrainView` (``image``,
     an all-255 ``label``, ``index``, ``crop_box``, ``flip``).
     """
-    from balda.core import dist
-
     d = cfg.data
-    rank, world = dist.rank(), dist.world_size()
-    if world > 1:
-        check_global_batch(cfg, world)
+    check_world_batch(cfg)
     pc = cfg.panoptic
     things = panoptic_things(cfg)
     opts = dict(
@@ -144,19 +140,7 @@ def build_panoptic_train_loader(cfg, start_step: int = 0, with_target_labels: bo
         tgt_view = PanopticTrainView(target, TrainTransform.from_config(d, tcfg), on_error=tcfg.on_error, **opts)
     else:
         tgt_view = TrainView(build_dataset(tcfg), TrainTransform.from_config(d, tcfg), on_error=tcfg.on_error)
-    return UDALoader(
-        src_view,
-        tgt_view,
-        d.batch_source,
-        d.batch_target,
-        seed=cfg.train.seed,
-        start_step=start_step,
-        num_workers=d.num_workers,
-        rcs=rcs,
-        min_crop_pixels=min_crop,
-        rank=rank,
-        world_size=world,
-    )
+    return uda_loader(cfg, src_view, tgt_view, start_step, rcs, min_crop)
 
 
 __all__ = ["PANOPTIC_KEYS", "PanopticTrainView", "panoptic_things", "build_panoptic_train_loader"]
