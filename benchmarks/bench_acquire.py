@@ -28,9 +28,6 @@ benchmark, 128x256) when it exists, else random images of ``--size``. Results go
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -41,7 +38,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run_all import RandomTarget, _commit, _sync, time_inference, write_section  # noqa: E402
+from run_all import RandomTarget, _sync, bench_meta, time_inference, write_results_json, write_section  # noqa: E402
 
 MODELS = {
     "small": None,  # the embedded benchmark's model (configs/streets/_base.yaml)
@@ -142,19 +139,8 @@ def main(argv=None) -> int:
             + ", ".join(f"{k} {v['vs_inference']:.2f}x" for k, v in r["rounds"].items()),
             flush=True,
         )
-    meta = {
-        "commit": _commit(),
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "images": images,
-        "prior_images": args.prior_images,
-        "checkpoint": args.checkpoint,
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "models": results}, indent=1))
+    meta = bench_meta(device, images=images, prior_images=args.prior_images, checkpoint=args.checkpoint)
+    write_results_json(args.out, meta, "models", results)
     lines = [
         "## Acquisition",
         "",

@@ -21,9 +21,7 @@ Writes ``benchmarks/results/classification.json`` and the section *Classificatio
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,7 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_paper_models import interleaved  # noqa: E402
-from run_all import _commit, _sync, write_section  # noqa: E402
+from run_all import _sync, bench_meta, write_results_json, write_section  # noqa: E402
 
 #: name -> (label, overrides, image side, default CPU batch)
 MODELS = {
@@ -129,18 +127,9 @@ def main(argv=None) -> int:
                         f"(IQR {r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}; {r['a_s']:.3f} s vs {r['b_s']:.3f} s)",
                         flush=True,
                     )
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
-    meta = {
-        "commit": _commit(),
-        "device": dev,
-        "threads": torch.get_num_threads(),
-        "pairs": args.pairs,
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
+    meta = bench_meta(device, pairs=args.pairs)
+    dev = meta["device"]
+    write_results_json(args.out, meta, "rows", results)
     lines = [
         "## Classification",
         "",

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run_all import _commit, _peak_mem_mb, _sync, make_cpsl_prepared, synthetic_batch, write_section  # noqa: E402
+from run_all import (  # noqa: E402
+    _peak_mem_mb,
+    _sync,
+    bench_meta,
+    make_cpsl_prepared,
+    synthetic_batch,
+    write_results_json,
+    write_section,
+)
 
 MODELS = {
     "r101": ("DeepLabV2-R101", "gta2cs/deeplabv2_self_training", "gta2cs/deeplabv2_advent"),
@@ -237,20 +244,9 @@ def main(argv=None) -> int:
                     f"(IQR {r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}; {r['a_s']:.2f} s vs {r['b_s']:.2f} s)",
                     flush=True,
                 )
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
-    meta = {
-        "commit": _commit(),
-        "device": dev,
-        "threads": torch.get_num_threads(),
-        "crop": args.crop,
-        "batch": args.batch,
-        "amp": args.amp,
-        "pairs": args.pairs,
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
+    meta = bench_meta(device, crop=args.crop, batch=args.batch, amp=args.amp, pairs=args.pairs)
+    dev = meta["device"]
+    write_results_json(args.out, meta, "rows", results)
     lines = [
         "## Paper models",
         "",

@@ -46,6 +46,35 @@ def _commit() -> str:
         return "unknown"
 
 
+def bench_meta(device: torch.device, **extra) -> dict:
+    """What every benchmark records beside its figures: commit, device name (the GPU's, or the CPU
+    architecture and core count), threads, torch, date and load average, plus ``extra``."""
+    import os
+    import platform
+    import time
+
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+    return {
+        "commit": _commit(),
+        "device": dev,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        **extra,
+    }
+
+
+def write_results_json(out, meta: dict, key: str, rows: dict) -> None:
+    """Write ``{"meta": meta, key: rows}`` to ``out`` (its folder created)."""
+    import json
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, key: rows}, indent=1))
+
+
 def _peak_mem_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
