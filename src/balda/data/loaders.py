@@ -331,10 +331,12 @@ def uda_loader(
     start_step: int = 0,
     rcs: Optional[RareClassSampler] = None,
     min_crop_pixels: int = 0,
+    collate: Optional[Callable] = None,
 ) -> UDALoader:
     """The :class:`UDALoader` of ``cfg`` over two training views: batch sizes, workers and seed from
-    ``cfg.data`` / ``cfg.train``, this process's rank and world size from :mod:`balda.core.dist`.
-    The one place both the semantic and the panoptic train loaders are assembled."""
+    ``cfg.data`` / ``cfg.train``, this process's rank and world size from :mod:`balda.core.dist`
+    (``collate``: DataLoader's default when None). The one place the semantic, panoptic and
+    classification train loaders are assembled."""
     from balda.core import dist
 
     d = cfg.data
@@ -350,6 +352,7 @@ def uda_loader(
         min_crop_pixels=min_crop_pixels,
         rank=dist.rank(),
         world_size=dist.world_size(),
+        collate=collate,
     )
 
 

@@ -129,27 +129,14 @@ def _loader(cfg, start_step: int = 0, with_target_labels: bool = False, target_l
     """Source and target streams of :class:`~balda.data.loaders.UDALoader` (batches a function of
     ``(seed, step)``, so a resumed run sees the same images); the target labels are loaded but only
     strategies that declare ``uses_target_labels`` (the oracle) read them."""
-    from balda.core import dist
     from balda.data.classification import ClsCollate, ClsView
-    from balda.data.loaders import UDALoader, check_global_batch
+    from balda.data.loaders import check_world_batch, uda_loader
 
     d = cfg.data
-    if dist.world_size() > 1:
-        check_global_batch(cfg, dist.world_size())
+    check_world_batch(cfg)
     src = ClsView(_dataset(d.source, cfg), _transform(d, d.source, True))
     tgt = ClsView(_dataset(d.target, cfg), _transform(d, d.target, True))
-    return UDALoader(
-        src,
-        tgt,
-        d.batch_source,
-        d.batch_target,
-        seed=cfg.train.seed,
-        start_step=start_step,
-        num_workers=d.num_workers,
-        rank=dist.rank(),
-        world_size=dist.world_size(),
-        collate=ClsCollate(d.mean, d.std),
-    )
+    return uda_loader(cfg, src, tgt, start_step, collate=ClsCollate(d.mean, d.std))
 
 
 def evaluate_classifier(model, dataset, cfg, device, progress: bool = True, export_dir=None) -> ClsMetrics:
