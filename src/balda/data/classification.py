@@ -45,7 +45,7 @@ import torch
 from torch.utils.data import Dataset
 
 from balda.core.errors import DataError
-from balda.data.io import read_image
+from balda.data.io import first_readable, read_image
 from balda.data.transforms import IMAGENET_MEAN, IMAGENET_STD, hflip, pad_to, photometric_jitter, random_crop
 
 log = logging.getLogger("balda.data")
@@ -150,20 +150,7 @@ class ClassificationDataset:
         """``(i_used, image, label)``: item ``i`` or, if unreadable, the next readable one. Each
         unreadable item is logged once (logger ``balda.data``) and skipped without touching the
         disk afterwards. Raises :class:`DataError` if no item is readable."""
-        n = len(self)
-        i = self._check(i)
-        for k in range(n):
-            j = (i + k) % n
-            if j in self._bad:
-                continue
-            try:
-                image, label = self.load(j)
-            except DataError as e:
-                self._bad.add(j)
-                log.warning("skipping unreadable item %d (%s) of %s: %s", j, self.names[j], self.root, e)
-                continue
-            return j, image, label
-        raise DataError(f"no readable item left in {self!r} (all {n} failed)", self.root)
+        return first_readable(self, self.load, i)
 
     def class_counts(self) -> np.ndarray:
         """Number of items per class, int64 (K,)."""

@@ -35,7 +35,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from balda.data.io import DataError, read_image, read_label, read_synthia_label
+from balda.data.io import DataError, first_readable, read_image, read_label, read_synthia_label
 from balda.data.labels import CITYSCAPES_LUT, CITYSCAPES_VALID_IDS, IGNORE_INDEX, NUM_CLASSES, invalid_ids, map_labels
 
 log = logging.getLogger("balda.data")
@@ -167,20 +167,7 @@ class SegDataset:
         Each unreadable item is logged once (logger ``balda.data``) and remembered, so later calls
         skip it without touching the disk. Raises :class:`DataError` if no item is readable.
         """
-        n = len(self)
-        i = self._check(i)
-        for k in range(n):
-            j = (i + k) % n
-            if j in self._bad:
-                continue
-            try:
-                image, label = self.load(j)
-            except DataError as e:
-                self._bad.add(j)
-                log.warning("skipping unreadable item %d (%s) of %s: %s", j, self.names[j], self.root, e)
-                continue
-            return j, image, label
-        raise DataError(f"no readable item left in {self!r} (all {n} failed)", self.root)
+        return first_readable(self, self.load, i)
 
     # ----------------------------------------------------------------------------- identity
     def fingerprint(self) -> str:

@@ -13,7 +13,9 @@ Every failure raises :class:`DataError` whose message names the offending file.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional, Union
 
@@ -139,6 +141,33 @@ def read_synthia_label(path: PathLike) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- write
+def first_readable(dataset, load: Callable[[int], tuple], i: int) -> tuple:
+    """``(j, *load(j))`` for the first ``j`` of ``i, i+1, ...`` (cyclically over ``len(dataset)``) whose
+    ``load`` does not raise :class:`DataError`.
+
+    Each unreadable item is logged once (logger ``balda.data``) and remembered in ``dataset._bad``, so
+    later calls skip it without touching the disk. Raises :class:`DataError` if no item is readable.
+    The one skip policy of every dataset kind (segmentation, panoptic, classification): it reads
+    ``dataset._check``, ``dataset._bad``, ``dataset.names`` and ``dataset.root``.
+    """
+    n = len(dataset)
+    i = dataset._check(i)
+    for k in range(n):
+        j = (i + k) % n
+        if j in dataset._bad:
+            continue
+        try:
+            loaded = load(j)
+        except DataError as e:
+            dataset._bad.add(j)
+            logging.getLogger("balda.data").warning(
+                "skipping unreadable item %d (%s) of %s: %s", j, dataset.names[j], dataset.root, e
+            )
+            continue
+        return (j, *loaded)
+    raise DataError(f"no readable item left in {dataset!r} (all {n} failed)", dataset.root)
+
+
 def _atomic_save(img: Image.Image, path: PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +207,7 @@ def write_label(path: PathLike, arr: np.ndarray, palette: Union[bool, np.ndarray
 
 
 __all__ = [
+    "first_readable",
     "DataError",
     "read_image",
     "read_label",

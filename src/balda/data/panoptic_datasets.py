@@ -32,6 +32,7 @@ import numpy as np
 
 from balda.core.errors import ConfigError, DataError
 from balda.data.datasets import CityscapesDataset, SegDataset, SynthiaDataset, _fmt_names, build_dataset
+from balda.data.io import first_readable
 from balda.data.panoptic import THING_TRAINIDS, check_pair, read_cityscapes_instance_ids, read_synthia_instance_ids
 
 log = logging.getLogger("balda.data")
@@ -85,20 +86,7 @@ class _PanopticMixin:
         """``(i_used, image, semantic, instances)``: item ``i`` or, if it cannot be read, the next
         readable item; unreadable items are logged once and remembered (as in ``load_or_skip``).
         Raises :class:`DataError` if no item is readable."""
-        n = len(self)
-        i = self._check(i)
-        for k in range(n):
-            j = (i + k) % n
-            if j in self._bad:
-                continue
-            try:
-                image, label, instances = self.load_panoptic(j)
-            except DataError as e:
-                self._bad.add(j)
-                log.warning("skipping unreadable item %d (%s) of %s: %s", j, self.names[j], self.root, e)
-                continue
-            return j, image, label, instances
-        raise DataError(f"no readable item left in {self!r} (all {n} failed)", self.root)
+        return first_readable(self, self.load_panoptic, i)
 
 
 class PanopticCityscapesDataset(_PanopticMixin, CityscapesDataset):
