@@ -141,6 +141,28 @@ def conflict_stats(run_dir: Path) -> tuple[float, float] | None:
     return 100 * float(np.mean(conf)), float(np.mean(ang)) if ang else math.nan
 
 
+def conflict_table(table: dict, how: str) -> list[str]:
+    """Markdown lines of the gradient-conflict table of the GH rows of ``table`` (those with
+    ``gh_conflict`` / ``gh_angle`` from :func:`conflict_stats`); ``how`` says how they were averaged.
+    No lines without GH rows."""
+    gh_rows = {k: t for k, t in table.items() if "gh_conflict" in t}
+    if not gh_rows:
+        return []
+    lines = [
+        "",
+        f"Gradient conflict between the task and alignment gradients (GH runs; {how}):",
+        "",
+        "| method | steps in conflict (%) | mean angle (deg) |",
+        "|---|---|---|",
+    ]
+    for method, t in gh_rows.items():
+        lines.append(
+            f"| {method} | {t['gh_conflict'][0]:.1f} ± {t['gh_conflict'][1]:.1f} | "
+            f"{t['gh_angle'][0]:.1f} ± {t['gh_angle'][1]:.1f} |"
+        )
+    return lines
+
+
 def _per_class(m: dict, key: str = "iou") -> np.ndarray:
     pc = m.get("per_class", {})
     return np.array(
@@ -255,21 +277,7 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
             f"{t['rare_recall'][0]:.1f} ± {t['rare_recall'][1]:.1f} |"
         )
     lines += paired_table(paired)
-    gh_rows = {k: t for k, t in table.items() if "gh_conflict" in t}
-    if gh_rows:
-        lines += [
-            "",
-            "Gradient conflict between the task and alignment gradients (GH runs; mean over logged "
-            "intervals, then over seeds):",
-            "",
-            "| method | steps in conflict (%) | mean angle (deg) |",
-            "|---|---|---|",
-        ]
-        for method, t in gh_rows.items():
-            lines.append(
-                f"| {method} | {t['gh_conflict'][0]:.1f} ± {t['gh_conflict'][1]:.1f} | "
-                f"{t['gh_angle'][0]:.1f} ± {t['gh_angle'][1]:.1f} |"
-            )
+    lines += conflict_table(table, "mean over logged intervals, then over seeds")
     al_rows = {k: t for k, t in table.items() if "labelled_kl" in t}
     if al_rows:
         lines += [

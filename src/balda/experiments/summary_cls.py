@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .catalog import Cell
-from .summary import _mean_std, conflict_stats, paired_differences, paired_table
+from .summary import _mean_std, conflict_stats, conflict_table, paired_differences, paired_table
 
 log = logging.getLogger("balda.experiments")
 
@@ -83,21 +83,10 @@ def summarize_classification(out: Path, methods: list[str], seeds: list[int]) ->
         cells = " | ".join(f"{t[k][0]:.1f} ± {t[k][1]:.1f}" for k in CLS_METRICS)
         lines.append(f"| {method} | {t['n']} | {cells} |")
     lines += paired_table(paired, tuple((k, f"Δ {_HEADERS[k]}") for k in CLS_METRICS))
-    gh_rows = {k: t for k, t in table.items() if "gh_conflict" in t}
-    if gh_rows:
-        lines += [
-            "",
-            "Gradient conflict between the task and alignment gradients (GH runs; share of steps with an obtuse "
-            "angle and the mean angle, over the logged intervals, then mean ± std over seeds):",
-            "",
-            "| method | steps in conflict (%) | mean angle (deg) |",
-            "|---|---|---|",
-        ]
-        for method, t in gh_rows.items():
-            lines.append(
-                f"| {method} | {t['gh_conflict'][0]:.1f} ± {t['gh_conflict'][1]:.1f} | "
-                f"{t['gh_angle'][0]:.1f} ± {t['gh_angle'][1]:.1f} |"
-            )
+    lines += conflict_table(
+        table,
+        "share of steps with an obtuse angle and the mean angle, over the logged intervals, then mean ± std over seeds",
+    )
     md = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(md)
     with open(out / "runs.csv", "w", newline="") as f:
