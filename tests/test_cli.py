@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from balda.cli import _split_resume, main
+from balda.cli import _split_resume, main, shown_bench_args
 from tests.conftest import tiny_overrides
 
 
@@ -213,3 +213,9 @@ def test_missing_base_names_the_referencing_file(tmp_path):
     cfg.write_text("_base_: nope.yaml\n")
     with pytest.raises(ConfigError, match=r"nope\.yaml.*the _base_ of .*child\.yaml"):
         load_config(cfg)
+
+
+def test_readme_command_drops_the_options_that_do_not_change_results():
+    argv = ["--jobs", "2", "--no-progress", "--commit", "abc1234", "--readme", "README.md", "--methods", "a", "b"]
+    assert shown_bench_args(argv) == ["--jobs", "2", "--methods", "a", "b"]
+    assert shown_bench_args(["--readme=R.md", "--commit=abc", "--seeds", "3"]) == ["--seeds", "3"]

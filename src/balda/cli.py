@@ -175,12 +175,27 @@ def _cmd_bench(args) -> int:
         if args.readme:
             from balda.experiments import benchmark_of, write_readme_section
 
-            cmd = "balda bench " + " ".join(a for a in args.argv if not a.startswith("--readme") and a != args.readme)
+            cmd = "balda bench " + " ".join(shown_bench_args(args.argv))
             write_readme_section(
                 Path(args.readme), Path(summary["out"]), cmd, commit=args.commit, section=benchmark_of(methods).name
             )
             print(f"results section of {args.readme} updated")
     return 0
+
+
+def shown_bench_args(argv: list[str]) -> list[str]:
+    """The ``balda bench`` arguments the README shows as the command that reproduces a grid: without
+    the options that do not change its results (``--readme FILE``, ``--commit C``, which the block
+    states separately, ``--no-progress``)."""
+    shown, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--readme", "--commit"):
+            skip = True
+        elif not (a.startswith(("--readme=", "--commit=")) or a == "--no-progress"):
+            shown.append(a)
+    return shown
 
 
 def config_description(path: Path) -> str:
