@@ -435,13 +435,15 @@ def _bench_parser() -> argparse.ArgumentParser:
         "paired differences to each method's control with 95%% intervals) and comparison plots.",
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every cell")
-    p.add_argument("--out", default=None, help="output folder (default results/<benchmark>: streets or digits)")
+    p.add_argument(
+        "--out", default=None, help="output folder (default results/<benchmark>: streets, digits or streets_panoptic)"
+    )
     p.add_argument("--data", default=None, help="benchmark folder, generated if missing (default data/<benchmark>)")
     p.add_argument(
         "--methods",
         nargs="+",
         default=None,
-        help="methods of the catalogue (see --list), all of one benchmark: the street ones, or digits/*",
+        help="methods of the catalogue (see --list), all of one benchmark: the street ones, digits/* or panoptic/*",
     )
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (0..N-1)")
     p.add_argument("--quick", action="store_true", help="few iterations and a small method set (smoke test)")
