@@ -44,6 +44,7 @@ from run_all import (  # noqa: E402
     _sync,
     bench_meta,
     make_cpsl_prepared,
+    reset_peak_memory,
     synthetic_batch,
     write_results_json,
     write_section,
@@ -202,12 +203,41 @@ def _memory_child(spec: str, args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prepared = make_cpsl_prepared(cfg, device, Path(tmp) / "cpsl") if cfg.method.name == "cpsl" else None
         step = Stepper(cfg, device, prepared)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak_memory(device)
         for _ in range(args.mem_steps):
             step()
         print(_peak_mem_mb(device))
 
+
+#: How to read the ratios against each module's cost model (written under the table).
+NOTES = """
+Reading the ratios against each module's cost model:
+
+* **A/A control**: the same configuration as A and B (two model instances). Its distance from 1.00x
+  and its IQR are what the machine alone does to a ratio: a row within that band of 1.00x has no
+  cost this measurement can resolve.
+* **GBW** adds one softmax, a per-class scatter of squared gradient norms and a 19-dimensional
+  projection per CE term: O(pixels x classes), against a backbone of O(pixels x 10^5) multiply-adds
+  per pixel. Expected ~1.00x; a ratio below 1 is noise (compare the A/A row), not a speed-up.
+* **GH over all parameters** (`gh (all)`) costs no extra backward in these strategies: the task and
+  alignment losses come from disjoint forward graphs (source vs target / mixed batch), so the two
+  `autograd.grad` passes together traverse the graph once, like the backward of their sum; what is
+  added is the projection (a few dot products over 43M parameters). Expected ~1.0x, not the
+  released code's ~2.3x (which pays a third backward).
+* **GH over the decoder** (`gh (decoder)`) probes both losses' gradients on the decode head and then
+  runs one full weighted backward: the head is traversed three times. On DeepLabV2 the ASPP head is
+  a small share of the step, hence a few percent; on the 0.24M-parameter CPU model of the streets
+  table the head is a large share of the network, which is why decoder-only GH is *slower* there
+  (1.30-1.34x) than GH over all parameters (~1.0x): decoder mode is the cheaper choice only when the
+  encoder's backward could not be shared, which is not the case for these strategies. (That table
+  times each strategy in its own block of steps, not interleaved: its 0.91x for GH over all
+  parameters is the drift such timing cannot cancel.)
+* **CPSL stage 1** adds the prototype and per-pixel class-balanced selection over the teacher's
+  output at 1/8 resolution: small against a R101 step.
+* **Peak memory** (CPU): the peak resident set during the measured steps (`VmHWM`, reset after the
+  model is built). Rows measured before that reset was added showed the peak of building the model
+  (the same figure for base and variant) and are left blank here.
+"""
 
 SETTING = ("device", "threads", "crop", "batch", "amp")
 
@@ -300,7 +330,7 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results.values():
-        mem = f"{r.get('a_peak_mb', float('nan')):.0f} / {r.get('b_peak_mb', float('nan')):.0f}"
+        mem = " / ".join(f"{r[k]:.0f}" if k in r else "–" for k in ("a_peak_mb", "b_peak_mb"))
         if r["target"] is None:
             target = "– (control)"
         else:
@@ -309,7 +339,11 @@ def main(argv=None) -> int:
             f"| {r['model']} | {r['row']} | {r['base']} | {r['ratio']:.2f}x [{r['ratio_q1']:.2f}, "
             f"{r['ratio_q3']:.2f}] | {target} | {r['a_s']:.2f} | {r['b_s']:.2f} | {mem} |"
         )
-    write_section(Path(args.markdown), "## Paper models", "\n".join(lines) + "\n")
+    missing = [m for m in MODELS if not any(k.startswith(f"{m} ") for k in results)]
+    if missing:
+        names = ", ".join(MODELS[m][0] for m in missing)
+        lines += ["", f"Not measured in this setting yet: {names} (`--models {' '.join(missing)}`)."]
+    write_section(Path(args.markdown), "## Paper models", "\n".join(lines) + "\n" + NOTES)
     print(f"\nwritten to {args.markdown} and {args.out}")
     return 0
 
