@@ -141,6 +141,17 @@ def conflict_stats(run_dir: Path) -> tuple[float, float] | None:
     return 100 * float(np.mean(conf)), float(np.mean(ang)) if ang else math.nan
 
 
+def write_summary_files(out: Path, md: str, runs: list[dict], fields: list[str], data: dict) -> None:
+    """Write a grid's ``summary.md`` (``md``), ``runs.csv`` (one row per run, columns ``fields``) and
+    ``summary.json`` (``data``) into ``out``: the three files every benchmark's summary leaves."""
+    (out / "summary.md").write_text(md)
+    with open(out / "runs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(runs)
+    (out / "summary.json").write_text(json.dumps(data, indent=1))
+
+
 def conflict_table(table: dict, how: str) -> list[str]:
     """Markdown lines of the gradient-conflict table of the GH rows of ``table`` (those with
     ``gh_conflict`` / ``gh_angle`` from :func:`conflict_stats`); ``how`` says how they were averaged.
@@ -304,41 +315,37 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
     for method, t in table.items():
         lines.append(f"| {method} | " + " | ".join("–" if np.isnan(v) else f"{v:.1f}" for v in t["iou"]) + " |")
     md = "\n".join(lines) + "\n"
-    (out / "summary.md").write_text(md)
-    with open(out / "runs.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["method", "seed", "miou", "min_iou", "acc"])
-        w.writeheader()
-        w.writerows(runs)
-    (out / "summary.json").write_text(
-        json.dumps(
-            {
-                "rare_classes": names,
-                "methods": {
-                    k: {
-                        **{
-                            m: list(v)
-                            for m, v in t.items()
-                            if m
-                            in (
-                                "miou",
-                                "min_iou",
-                                "rare_recall",
-                                "gh_conflict",
-                                "gh_angle",
-                                "labelled_kl",
-                                "labelled_min_share",
-                            )
-                        },
-                        "n": t["n"],
-                        "iou": [None if np.isnan(x) else x for x in t["iou"]],
-                    }
-                    for k, t in table.items()
-                },
-                "runs": runs,
-                "paired": [{**r, **{k: list(r[k]) for k in PAIRED_METRICS}} for r in paired],
+    write_summary_files(
+        out,
+        md,
+        runs,
+        ["method", "seed", "miou", "min_iou", "acc"],
+        {
+            "rare_classes": names,
+            "methods": {
+                k: {
+                    **{
+                        m: list(v)
+                        for m, v in t.items()
+                        if m
+                        in (
+                            "miou",
+                            "min_iou",
+                            "rare_recall",
+                            "gh_conflict",
+                            "gh_angle",
+                            "labelled_kl",
+                            "labelled_min_share",
+                        )
+                    },
+                    "n": t["n"],
+                    "iou": [None if np.isnan(x) else x for x in t["iou"]],
+                }
+                for k, t in table.items()
             },
-            indent=1,
-        )
+            "runs": runs,
+            "paired": [{**r, **{k: list(r[k]) for k in PAIRED_METRICS}} for r in paired],
+        },
     )
     try:
         from balda import plots

@@ -5,7 +5,6 @@ angle, and the mean angle), which the GH paper reports per base."""
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import warnings
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .catalog import Cell
-from .summary import _mean_std, conflict_stats, conflict_table, paired_differences, paired_table
+from .summary import _mean_std, conflict_stats, conflict_table, paired_differences, paired_table, write_summary_files
 
 log = logging.getLogger("balda.experiments")
 
@@ -88,28 +87,24 @@ def summarize_classification(out: Path, methods: list[str], seeds: list[int]) ->
         "share of steps with an obtuse angle and the mean angle, over the logged intervals, then mean ± std over seeds",
     )
     md = "\n".join(lines) + "\n"
-    (out / "summary.md").write_text(md)
-    with open(out / "runs.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["method", "seed", *CLS_METRICS])
-        w.writeheader()
-        w.writerows(runs)
-    (out / "summary.json").write_text(
-        json.dumps(
-            {
-                "classes": class_names,
-                "methods": {
-                    k: {
-                        "n": t["n"],
-                        **{m: list(t[m]) for m in (*CLS_METRICS, "gh_conflict", "gh_angle") if m in t},
-                        "per_class": [None if np.isnan(x) else float(x) for x in t["per_class"]],
-                    }
-                    for k, t in table.items()
-                },
-                "runs": runs,
-                "paired": [{**r, **{k: list(r[k]) for k in CLS_METRICS}} for r in paired],
+    write_summary_files(
+        out,
+        md,
+        runs,
+        ["method", "seed", *CLS_METRICS],
+        {
+            "classes": class_names,
+            "methods": {
+                k: {
+                    "n": t["n"],
+                    **{m: list(t[m]) for m in (*CLS_METRICS, "gh_conflict", "gh_angle") if m in t},
+                    "per_class": [None if np.isnan(x) else float(x) for x in t["per_class"]],
+                }
+                for k, t in table.items()
             },
-            indent=1,
-        )
+            "runs": runs,
+            "paired": [{**r, **{k: list(r[k]) for k in CLS_METRICS}} for r in paired],
+        },
     )
     try:
         from balda import plots

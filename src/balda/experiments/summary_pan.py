@@ -5,7 +5,6 @@ is where GBW's claim for panoptic segmentation should show."""
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import warnings
@@ -16,7 +15,7 @@ import numpy as np
 from balda.data.labels import CLASS_NAMES
 
 from .catalog import Cell
-from .summary import _mean_std, paired_differences, paired_table
+from .summary import _mean_std, paired_differences, paired_table, write_summary_files
 
 log = logging.getLogger("balda.experiments")
 
@@ -105,28 +104,24 @@ def summarize_panoptic(out: Path, methods: list[str], seeds: list[int]) -> dict:
             f"| {method} | " + " | ".join("–" if np.isnan(t["pq"][c]) else f"{t['pq'][c]:.1f}" for c in view) + " |"
         )
     md = "\n".join(lines) + "\n"
-    (out / "summary.md").write_text(md)
-    with open(out / "runs.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["method", "seed", *PAN_METRICS])
-        w.writeheader()
-        w.writerows(runs)
-    (out / "summary.json").write_text(
-        json.dumps(
-            {
-                "rare_things": [CLASS_NAMES[c] for c in rare],
-                "methods": {
-                    k: {
-                        "n": t["n"],
-                        **{m: list(t[m]) for m in PAN_METRICS},
-                        "pq": [None if np.isnan(x) else float(x) for x in t["pq"]],
-                    }
-                    for k, t in table.items()
-                },
-                "runs": runs,
-                "paired": [{**r, **{k: list(r[k]) for k in PAN_METRICS}} for r in paired],
+    write_summary_files(
+        out,
+        md,
+        runs,
+        ["method", "seed", *PAN_METRICS],
+        {
+            "rare_things": [CLASS_NAMES[c] for c in rare],
+            "methods": {
+                k: {
+                    "n": t["n"],
+                    **{m: list(t[m]) for m in PAN_METRICS},
+                    "pq": [None if np.isnan(x) else float(x) for x in t["pq"]],
+                }
+                for k, t in table.items()
             },
-            indent=1,
-        )
+            "runs": runs,
+            "paired": [{**r, **{k: list(r[k]) for k in PAN_METRICS}} for r in paired],
+        },
     )
     try:
         from balda import plots
