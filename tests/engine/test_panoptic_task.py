@@ -13,7 +13,7 @@ from PIL import Image
 
 from balda.config import to_dict
 from balda.engine.trainer import Trainer
-from tests.conftest import TINY_MODEL
+from tests.conftest import tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -37,22 +37,8 @@ def tiny_synthia(tmp_path_factory):
 def _cfg(data, out, config, *extra, name="run", iters=4):
     from balda.config import load_config, resolve_config
 
-    over = [
-        f"name={name}",
-        f"out_dir={out}",
-        f"train.iters={iters}",
-        "train.log_every=1",
-        "train.ckpt_every=2",
-        "train.progress=false",
-        "train.tensorboard=false",
-        "data.crop=[32, 64]",
-        *TINY_MODEL,
-        "panoptic.head_channels=8",
-        f"data.source.root={data / 'source'}",
-        f"data.target.root={data / 'target'}",
-        f"data.val.root={data / 'target'}",
-        *extra,
-    ]
+    # the tiny run of every test (batch 2+2 is the panoptic recipes' own), with small panoptic heads
+    over = [*tiny_overrides(data, out, name, iters), "panoptic.head_channels=8", *extra]
     return load_config(resolve_config(config), over)
 
 
