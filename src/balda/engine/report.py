@@ -11,6 +11,15 @@ from balda.data.labels import CLASS_NAMES
 
 log = logging.getLogger("balda.report")
 
+#: Per task, (metrics attribute, plot file, metric name, confusion unit): semantic segmentation
+#: (:class:`~balda.engine.metrics.SegMetrics`), panoptic (per-class PQ; the confusion is the
+#: semantic one) and classification (per-class accuracy, class names from the metrics).
+_PER_CLASS = (
+    ("iou", "class_iou.png", "IoU", "pixels"),
+    ("pq", "class_pq.png", "PQ", "pixels"),
+    ("per_class", "class_accuracy.png", "accuracy", "images"),
+)
+
 
 def write_run_plots(run_dir: str | Path, metrics, records: list[dict]) -> list[Path]:
     """Write ``plots/class_iou.png``, ``plots/confusion.png``, ``plots/losses.png``,
@@ -21,39 +30,20 @@ def write_run_plots(run_dir: str | Path, metrics, records: list[dict]) -> list[P
     out = Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    if metrics is not None and hasattr(metrics, "iou"):  # segmentation
-        written.append(
-            plots.plot_class_iou(
-                {Path(run_dir).name: np.asarray(metrics.iou)},
-                CLASS_NAMES,
-                out / "class_iou.png",
-                title="per-class IoU (final model)",
+    for attr, file, metric, unit in _PER_CLASS:  # the first the metrics object has decides the task
+        if metrics is not None and hasattr(metrics, attr):
+            names = list(getattr(metrics, "class_names", None) or CLASS_NAMES)
+            written.append(
+                plots.plot_class_iou(
+                    {Path(run_dir).name: np.asarray(getattr(metrics, attr))},
+                    names,
+                    out / file,
+                    title=f"per-class {metric} (final model)",
+                    metric=metric,
+                )
             )
-        )
-        written.append(plots.plot_confusion(np.asarray(metrics.confusion), CLASS_NAMES, out / "confusion.png"))
-    elif metrics is not None and hasattr(metrics, "pq"):  # panoptic: per-class PQ, semantic confusion
-        written.append(
-            plots.plot_class_iou(
-                {Path(run_dir).name: np.asarray(metrics.pq)},
-                CLASS_NAMES,
-                out / "class_pq.png",
-                title="per-class PQ (final model)",
-                metric="PQ",
-            )
-        )
-        written.append(plots.plot_confusion(np.asarray(metrics.confusion), CLASS_NAMES, out / "confusion.png"))
-    elif metrics is not None and hasattr(metrics, "per_class"):  # classification
-        names = list(metrics.class_names)
-        written.append(
-            plots.plot_class_iou(
-                {Path(run_dir).name: np.asarray(metrics.per_class)},
-                names,
-                out / "class_accuracy.png",
-                title="per-class accuracy (final model)",
-                metric="accuracy",
-            )
-        )
-        written.append(plots.plot_confusion(np.asarray(metrics.confusion), names, out / "confusion.png", unit="images"))
+            written.append(plots.plot_confusion(np.asarray(metrics.confusion), names, out / "confusion.png", unit=unit))
+            break
     train = [r for r in records if r.get("kind") == "train"]
     loss_keys = sorted({k for r in train for k in r if k.startswith("loss/")})
     if loss_keys:
