@@ -40,10 +40,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from run_all import (  # noqa: E402
     _commit,
-    _peak_mem_mb,
     _sync,
     bench_meta,
     make_cpsl_prepared,
+    peak_memory_mb,
     reset_peak_memory,
     synthetic_batch,
     write_results_json,
@@ -206,7 +206,7 @@ def _memory_child(spec: str, args) -> None:
         reset_peak_memory(device)
         for _ in range(args.mem_steps):
             step()
-        print(_peak_mem_mb(device))
+        print(peak_memory_mb(device))
 
 
 #: How to read the ratios against each module's cost model (written under the table).

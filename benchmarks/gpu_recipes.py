@@ -15,6 +15,12 @@ Anchor: DAFormer reports 1.44 s/iter and 9.7 GB on an RTX 2080 Ti; the goal on a
 <= 0.35 s/iter and <= 8 GB for the DAFormer step in bf16.
 
     python benchmarks/gpu_recipes.py [--steps 20] [--warmup 5] [--compile]
+
+``--smoke`` runs every row's code path (config overrides, the feature-distance model, the CPSL
+prepared folder, channels_last, the step, the RESULTS.md section) with small backbones (MiT-B0,
+ResNet-18), 64x64 crops and one step, on ``--device cpu`` if asked: the test suite's check that
+the script works before a GPU's minutes are spent on it. Its figures mean nothing and it writes
+only where ``--markdown`` / ``--out`` point.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_paper_models import Stepper  # noqa: E402
-from run_all import _commit, make_cpsl_prepared, write_section  # noqa: E402
+from run_all import _commit, make_cpsl_prepared, peak_memory_mb, reset_peak_memory, write_section  # noqa: E402
 
 ROWS = [
     # name, config, overrides, amp, feature distance
@@ -75,10 +81,14 @@ def _imnet_weights(cfg, tmp: Path) -> str:
     return str(path)
 
 
+#: ``--smoke``: the overrides that make every row small (applied after the row's own).
+SMOKE = ["data.crop=[64, 64]"]
+
+
 def run_row(name, config, over, amp, fdist, args, tmp: Path) -> dict:
     from balda.config import load_config, resolve_config
 
-    device = torch.device("cuda")
+    device = torch.device(args.device)
     base = [
         "train.progress=false",
         "model.pretrained=null",
@@ -86,6 +96,9 @@ def run_row(name, config, over, amp, fdist, args, tmp: Path) -> dict:
         "data.crop=[512, 512]",
     ]
     cfg = load_config(resolve_config(config), base + over)
+    if args.smoke:
+        small = "mit_b0" if cfg.model.name == "daformer" else "resnet18"
+        cfg = load_config(resolve_config(config), base + over + SMOKE + [f"model.backbone={small}"])
     if fdist:
         st = replace(cfg.method.self_training, imnet_model=_imnet_weights(cfg, tmp))
         cfg = replace(cfg, method=type(cfg.method)(name=cfg.method.name, self_training=st))
@@ -101,11 +114,11 @@ def run_row(name, config, over, amp, fdist, args, tmp: Path) -> dict:
         step.model.compile()
     for _ in range(args.warmup):
         step()
-    torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     times = [step() for _ in range(args.steps)]
     return {
         "s_per_iter": statistics.median(times),
-        "peak_gb": torch.cuda.max_memory_allocated(device) / 2**30,
+        "peak_gb": peak_memory_mb(device) / 1024,
         "amp": amp,
         "compile": cfg.train.compile,
     }
@@ -119,13 +132,21 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", help="row names (substrings) to run")
     p.add_argument("--markdown", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu.json"))
+    p.add_argument("--device", default="cuda", help="cuda (default), cuda:N; cpu only with --smoke")
+    p.add_argument("--smoke", action="store_true", help="small backbones, 64x64 crops, 1 step: a check that it runs")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.smoke:
+        args.steps, args.warmup = 1, 0
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: this script measures the GPU recipes and has nothing to do here", file=sys.stderr)
         return 2
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
+    if not args.device.startswith("cuda") and not args.smoke:
+        print(f"--device {args.device}: the GPU figures are measured on cuda only (or run --smoke)", file=sys.stderr)
+        return 2
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     results = {}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,8 +155,11 @@ def main(argv=None) -> int:
                 continue
             results[row[0]] = r = run_row(*row, args, Path(tmp))
             print(f"{row[0]:<56} {r['s_per_iter']:.3f} s/iter  {r['peak_gb']:.2f} GB", flush=True)
-            torch.cuda.empty_cache()
-    gpu = torch.cuda.get_device_name(0)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    gpu = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else args.device
+    if args.smoke:
+        gpu += " (--smoke: small backbones, 64x64, 1 step; not a measurement)"
     meta = {
         "gpu": gpu,
         "commit": _commit(),

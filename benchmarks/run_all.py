@@ -89,7 +89,7 @@ def reset_peak_memory(device: torch.device) -> None:
         pass
 
 
-def _peak_mem_mb(device: torch.device) -> float:
+def peak_memory_mb(device: torch.device) -> float:
     """Peak memory (MB) since :func:`reset_peak_memory`: ``max_memory_allocated`` on CUDA; on CPU the
     peak resident set ``VmHWM`` (Linux), else the process's maximum RSS so far."""
     if device.type == "cuda":
@@ -168,7 +168,7 @@ def time_strategy(cfg, device, steps: int, warmup: int, batches, prepared=None) 
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t)
-    return {"step_s": statistics.median(times), "peak_mb": _peak_mem_mb(device)}
+    return {"step_s": statistics.median(times), "peak_mb": peak_memory_mb(device)}
 
 
 def make_cpsl_prepared(cfg, device, tmp: Path) -> Path:

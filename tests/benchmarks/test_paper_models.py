@@ -47,9 +47,9 @@ def test_rows_merge_only_in_the_same_setting(tmp_path):
 def test_peak_memory_window_resets():
     cpu = torch.device("cpu")
     big = torch.ones(64 * 2**20 // 4)  # 64 MB resident
-    before = run_all._peak_mem_mb(cpu)
+    before = run_all.peak_memory_mb(cpu)
     del big
     run_all.reset_peak_memory(cpu)
-    after = run_all._peak_mem_mb(cpu)
+    after = run_all.peak_memory_mb(cpu)
     if os.access("/proc/self/clear_refs", os.W_OK):
         assert after < before - 32
