@@ -28,6 +28,10 @@ generated at 1/16 of the real sizes, ``data.*.resize`` and ``eval.size`` to 128 
 ``model.backbone=resnet18`` for DeepLabV2 and ``mit_b0`` for DAFormer recipes, no loader workers:
 seconds per recipe on a CPU.
 
+``--scale full --small-backbones`` keeps everything of ``full`` (the real-shaped data, crops, resizes,
+evaluation modes, pixel options) but the backbone (ResNet-18 / MiT-B0): the data path at the real
+shapes, on a CPU, in minutes per recipe instead of the paper backbones' tens of minutes.
+
 Writes a Markdown table (recipe, what ran, ok / the error's first line, seconds) to
 ``benchmarks/results/recipes.md`` (``--markdown``), prints it, and exits non-zero if a recipe failed::
 
@@ -160,7 +164,13 @@ def _down_hw(hw) -> list[int]:
     return [max(1, round(hw[0] * DOWN_WIDTH / hw[1])), DOWN_WIDTH]
 
 
-def overrides_for(name: str, roots: dict[str, Path], out: Path, scale: str, device: str) -> list[str]:
+def _small_backbone(cfg) -> str:
+    return "model.backbone=" + ("mit_b0" if cfg.model.name == "daformer" else "resnet18")
+
+
+def overrides_for(
+    name: str, roots: dict[str, Path], out: Path, scale: str, device: str, small_backbones: bool = False
+) -> list[str]:
     """The dotted overrides that turn recipe ``name`` into a 2-iteration check on the stand-ins."""
     from balda.config import load_config, resolve_config
 
@@ -192,13 +202,15 @@ def overrides_for(name: str, roots: dict[str, Path], out: Path, scale: str, devi
         ov.append(f"method.distill.teacher={out / load_config(resolve_config(pre)).name}")
     if scale == "down":
         ov += _down_overrides(cfg)
+    elif small_backbones:
+        ov.append(_small_backbone(cfg))
     return ov
 
 
 def _down_overrides(cfg) -> list[str]:
     """The down-scaled variant: small backbone, resizes, crop and the options measured in pixels."""
     ov = [
-        "model.backbone=" + ("mit_b0" if cfg.model.name == "daformer" else "resnet18"),
+        _small_backbone(cfg),
         "data.num_workers=0",
         "train.tensorboard=false",
     ]
@@ -232,7 +244,9 @@ def prepared_dir(out: Path, warmup: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ run
-def run_recipe(name: str, roots: dict[str, Path], out: Path, scale: str, device: str) -> Result:
+def run_recipe(
+    name: str, roots: dict[str, Path], out: Path, scale: str, device: str, small_backbones: bool = False
+) -> Result:
     """Train one recipe (after ``balda cpsl prepare`` for CPSL stage 1); never raises."""
     from balda.config import load_config, resolve_config
     from balda.engine.trainer import train
@@ -240,7 +254,7 @@ def run_recipe(name: str, roots: dict[str, Path], out: Path, scale: str, device:
     res = Result(name)
     t0 = time.perf_counter()
     try:
-        cfg = load_config(resolve_config(name), overrides_for(name, roots, out, scale, device))
+        cfg = load_config(resolve_config(name), overrides_for(name, roots, out, scale, device, small_backbones))
         res.ran = f"train {ITERS} iters + final eval"
         shutil.rmtree(cfg.run_dir, ignore_errors=True)  # a fresh run: no resumed rounds or checkpoints
         if cfg.method.name == "cpsl":
@@ -291,6 +305,7 @@ def run_all(
     device: str = "auto",
     progress: bool = False,
     keep_checkpoints: bool = False,
+    small_backbones: bool = False,
 ) -> tuple[list[Result], float]:
     """Generate the data, run ``names`` (with their prerequisites); returns the rows and the data seconds.
 
@@ -307,7 +322,7 @@ def run_all(
         if pre is not None and not results[pre].ok:
             results[name] = Result(name, "-", f"skipped: needs {pre}, which failed")
         else:
-            results[name] = run_recipe(name, roots, out, scale, device)
+            results[name] = run_recipe(name, roots, out, scale, device, small_backbones)
         r = results[name]
         print(f"{name}: {r.status} ({r.seconds:.1f} s)", file=sys.stderr, flush=True)
         if not keep_checkpoints:
@@ -330,22 +345,26 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def markdown(results: list[Result], scale: str, device: str, data_s: float) -> str:
+def markdown(results: list[Result], scale: str, device: str, data_s: float, small_backbones: bool = False) -> str:
     """The report: a header saying what ran where, then one row per recipe."""
     import torch
 
+    small = small_backbones and scale == "full"
     shapes = ", ".join(f"{k} {h}x{w}" for k, (h, w) in SHAPES[scale].items())
     n_ok = sum(r.ok for r in results)
     dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     lines = [
         "# Recipe check",
         "",
-        f"`python benchmarks/recipes.py --scale {scale} --device {device}`: {len(results)} real-data recipes, "
+        f"`python benchmarks/recipes.py --scale {scale}{' --small-backbones' * small} --device {device}`: "
+        f"{len(results)} real-data recipes, "
         f"{ITERS} iterations each, on procedural data (H x W: {shapes}; GTA5 quirks on), random init, with the "
         f"final evaluation (2 images). Scale `{scale}`"
         + (
             ": crops 64 px high, resizes 128 px wide, ResNet-18 / MiT-B0 backbones."
             if scale == "down"
+            else ": the recipes' real crops and resizes, ResNet-18 / MiT-B0 backbones."
+            if small
             else ": the recipes' real crops, resizes and backbones."
         ),
         "",
@@ -378,6 +397,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="train.device of every run: auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--markdown", type=Path, default=ROOT / "benchmarks" / "results" / "recipes.md")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep every run's *.pt files")
+    p.add_argument(
+        "--small-backbones",
+        action="store_true",
+        help="with --scale full: ResNet-18 / MiT-B0 instead of the recipes' backbones (the real-shaped data "
+        "path on a CPU)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="the trainer's log (INFO)")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -387,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     from balda.engine.trainer import resolve_device
 
     try:
-        if args.scale == "full" and resolve_device(args.device).type == "cpu":
+        if args.scale == "full" and not args.small_backbones and resolve_device(args.device).type == "cpu":
             print(
                 "warning: --scale full on a CPU is slow (ResNet-101 / MiT-B5 on 512x1024 crops, minutes per "
                 "recipe); it is meant for a GPU machine (--device cuda)",
@@ -400,11 +425,12 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             args.device,
             keep_checkpoints=args.keep_checkpoints,
+            small_backbones=args.small_backbones,
         )
     except BaldaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text = markdown(results, args.scale, args.device, data_s)
+    text = markdown(results, args.scale, args.device, data_s, args.small_backbones)
     args.markdown.parent.mkdir(parents=True, exist_ok=True)
     args.markdown.write_text(text)
     print(text)

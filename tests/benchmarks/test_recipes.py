@@ -72,6 +72,11 @@ def test_overrides_keep_the_recipe_at_full_scale_and_shrink_it_down(tmp_path):
         recipes.overrides_for("gta2cs/deeplabv2_ripu_pixel", roots, tmp_path, "down", "cpu"),
     )
     assert ripu.active.rounds == [0.5] and ripu.data.crop == [64, 128] and ripu.model.backbone == "resnet18"
+    small = load_config(
+        resolve_config(name), recipes.overrides_for(name, roots, tmp_path, "full", "cpu", small_backbones=True)
+    )
+    assert small.model.backbone == "mit_b0" and small.data == full.data and small.eval == full.eval
+    assert small.method == full.method and small.balancing == full.balancing
 
 
 def test_down_scaled_subset_runs_end_to_end(data, tmp_path):
