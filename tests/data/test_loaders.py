@@ -174,3 +174,50 @@ def test_build_train_loader(trees):
     # a label filter implies reading the target labels
     b = next(build_train_loader(cfg, target_label_filter=only_first_row))
     assert len(calls) == 2 and (b["target"]["label"] != 255).sum() <= 8
+
+
+_FORK_AFTER_CV2 = """
+import time
+import cv2, numpy as np, torch
+from torch.utils.data import DataLoader, Dataset
+from balda.data.loaders import _worker_init, start_workers
+
+class D(Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return torch.from_numpy(cv2.resize(np.random.rand(256, 512, 3).astype(np.float32), (128, 64)))
+
+img = np.random.rand(1024, 2048, 3).astype(np.float32)
+for _ in range(3):  # the parent's OpenCV pool threads start ...
+    cv2.resize(img, (500, 1500))
+time.sleep(1)  # ... and, idle, block on their condition variable
+n = cv2.getNumThreads()
+it = start_workers(DataLoader(D(), batch_size=2, num_workers=2, worker_init_fn=_worker_init))
+assert sum(1 for _ in it) == 2 and cv2.getNumThreads() == n
+print("ok")
+"""
+
+
+def test_workers_start_after_the_parent_used_opencv():
+    """A regression: a worker forked after the parent's OpenCV pool went idle hung forever in
+    ``cv2.setNumThreads`` (:func:`balda.data.loaders.start_workers`)."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FORK_AFTER_CV2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # the hang: kill the parent and its workers (they hold the pipes)
+        os.killpg(proc.pid, 9)
+        proc.communicate()
+        raise AssertionError("loader workers hung after the parent used OpenCV") from None
+    assert proc.returncode == 0 and out.strip() == "ok", err[-2000:]

@@ -62,6 +62,30 @@ def _worker_init(worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
+def start_workers(loader: DataLoader) -> Iterator:
+    """``iter(loader)``, with OpenCV's thread pool shut down in this process while the workers fork.
+
+    OpenCV's pthreads pool is not fork-safe: a worker forked while the parent's pool threads wait on
+    their condition variable inherits the variable with waiters that do not exist in the child, and
+    its first pool call (``cv2.setNumThreads`` in :func:`_worker_init`) blocks forever in
+    ``pthread_cond_destroy``. Measured with ``OMP_NUM_THREADS=1`` (torchrun's default with several
+    processes per node): a parent that had resized an image with OpenCV before starting its workers
+    hung at the first batch, with no error (2 workers, and a recipe check with 4 + 4). Setting the
+    parent's pool to one thread joins its threads before the fork (the workers are started inside
+    ``iter``); the old count is restored after.
+    """
+    if loader.num_workers == 0:
+        return iter(loader)
+    import cv2
+
+    n = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        return iter(loader)
+    finally:
+        cv2.setNumThreads(n)
+
+
 class TrainView(Dataset):
     """Torch dataset over keys ``(index, sample_seed, required_class or -1[, min_class_pixels])``.
 
@@ -264,9 +288,9 @@ class UDALoader:
         )
 
     def _start(self) -> dict:
-        its = {"source": iter(self._loader(self.source_view, self._sampler(SOURCE_STREAM)))}
+        its = {"source": start_workers(self._loader(self.source_view, self._sampler(SOURCE_STREAM)))}
         if self.target_view is not None:
-            its["target"] = iter(self._loader(self.target_view, self._sampler(TARGET_STREAM)))
+            its["target"] = start_workers(self._loader(self.target_view, self._sampler(TARGET_STREAM)))
         return its
 
     def __iter__(self) -> UDALoader:
