@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from balda.cli import _split_resume, main, shown_bench_args
+from balda.cli import _more_seeds, _split_resume, main, shown_bench_args
 from tests.conftest import tiny_overrides
 
 
@@ -219,3 +219,13 @@ def test_readme_command_drops_the_options_that_do_not_change_results():
     argv = ["--jobs", "2", "--no-progress", "--commit", "abc1234", "--readme", "README.md", "--methods", "a", "b"]
     assert shown_bench_args(argv) == ["--jobs", "2", "--methods", "a", "b"]
     assert shown_bench_args(["--readme=R.md", "--commit=abc", "--seeds", "3"]) == ["--seeds", "3"]
+
+
+def test_more_seeds_option():
+    from balda.config import ConfigError
+
+    assert _more_seeds(["5", "advent", "advent+gh"]) == {"advent": range(5), "advent+gh": range(5)}
+    assert _more_seeds(None) == {}
+    for bad in (["advent"], ["5"], ["0", "advent"]):
+        with pytest.raises(ConfigError, match="--more-seeds"):
+            _more_seeds(bad)

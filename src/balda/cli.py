@@ -168,6 +168,7 @@ def _cmd_bench(args) -> int:
         progress=not args.no_progress,
         extra=args.overrides,
         jobs=args.jobs,
+        seeds_of=_more_seeds(args.more_seeds),
     )
     if summary:
         print(summary["markdown"])
@@ -181,6 +182,15 @@ def _cmd_bench(args) -> int:
             )
             print(f"results section of {args.readme} updated")
     return 0
+
+
+def _more_seeds(spec: list[str] | None) -> dict[str, range]:
+    """``--more-seeds N M1 M2 ...`` as ``{M1: range(N), M2: range(N), ...}``."""
+    if not spec:
+        return {}
+    if len(spec) < 2 or not spec[0].isdigit() or int(spec[0]) < 1:
+        raise ConfigError(f"--more-seeds: expected a seed count then methods (`--more-seeds 5 advent`), got {spec}")
+    return {m: range(int(spec[0])) for m in spec[1:]}
 
 
 def shown_bench_args(argv: list[str]) -> list[str]:
@@ -446,6 +456,14 @@ def _bench_parser() -> argparse.ArgumentParser:
         help="methods of the catalogue (see --list), all of one benchmark: the street ones, digits/* or panoptic/*",
     )
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (0..N-1)")
+    p.add_argument(
+        "--more-seeds",
+        nargs="+",
+        metavar=("N", "METHOD"),
+        help="N seeds (0..N-1) for the METHODs that follow instead of --seeds, e.g. `--more-seeds 5 advent "
+        "advent+gh`: more seeds where a difference is within one std; each method is summarised over the "
+        "seeds it has",
+    )
     p.add_argument("--quick", action="store_true", help="few iterations and a small method set (smoke test)")
     p.add_argument("--in-process", action="store_true", help="run cells in this process (no subprocesses)")
     p.add_argument("--jobs", type=int, default=1, help="cells run at once (each with cores/jobs threads)")

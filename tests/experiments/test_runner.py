@@ -41,6 +41,26 @@ def test_tiny_grid_end_to_end_and_resumable(tiny_streets, tmp_path):
     assert (out / Cell("source_only", 0).name / "final_metrics.json").stat().st_mtime_ns == stamp
 
 
+def test_some_methods_at_more_seeds(tiny_streets, tmp_path):
+    """``seeds_of`` (``balda bench --more-seeds N ...``) runs those methods at their own seeds, and each
+    method is summarised over its own seeds only, even when runs of other seeds are on disk."""
+    import pytest
+
+    from balda.core.errors import ConfigError
+
+    extra = ["train.iters=2", "model.name=small", "model.pretrained=null", "model.width=8", "data.crop=[32, 64]"]
+    extra += ["data.batch_source=2", "data.batch_target=2", "train.tensorboard=false"]
+    out = tmp_path / "grid"
+    kw = dict(progress=False, extra=extra)
+    run_grid(["source_only"], [1], tiny_streets, out, **kw)  # a seed the next grid does not ask for
+    s = run_grid(["source_only", "minent"], [0], tiny_streets, out, seeds_of={"minent": range(2)}, **kw)
+    runs = json.loads((out / "summary.json").read_text())["runs"]
+    assert sorted((r["method"], r["seed"]) for r in runs) == [("minent", 0), ("minent", 1), ("source_only", 0)]
+    assert "| minent | 2 |" in s["markdown"] and "| source_only | 1 |" in s["markdown"]
+    with pytest.raises(ConfigError, match="advent"):
+        run_grid(["source_only"], [0], tiny_streets, out, seeds_of={"advent": range(5)}, **kw)
+
+
 def test_cpsl_cell_runs_warmup_prepare_and_stage1(tiny_streets, tmp_path):
     """The CPSL cell trains its AdvEnt warm-up, prepares pseudo-labels from it, then trains stage 1."""
     extra = [

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional
 
+from balda.core.errors import ConfigError
+
 from .catalog import BENCHMARKS, DEMO_ITERS, DEMO_METHODS, Cell, benchmark_of, cell_config, cell_overrides, entry
 from .summary import summarize
 
@@ -97,17 +99,25 @@ def run_grid(
     progress: bool = True,
     extra: Iterable[str] = (),
     jobs: int = 1,
+    seeds_of: Optional[dict[str, Iterable[int]]] = None,
 ) -> dict:
     """Run every (method, seed) cell not yet finished, ``jobs`` subprocesses at a time (each with
     ``cpu_count // jobs`` threads), then summarise. With ``jobs > 1`` cells always run in subprocesses.
-    ``data`` / ``out`` None: the benchmark's folder (``data/<benchmark>``) and ``results/<benchmark>``."""
+    ``data`` / ``out`` None: the benchmark's folder (``data/<benchmark>``) and ``results/<benchmark>``.
+    ``seeds_of`` gives some methods their own seeds instead of ``seeds`` (more seeds where a
+    difference is within one std); the summary then reports each method over the seeds it has."""
     methods, seeds = list(methods), list(seeds)
+    own = {m: list(v) for m, v in (seeds_of or {}).items()}
+    unknown = sorted(set(own) - set(methods))
+    if unknown:
+        raise ConfigError(f"seeds given for method(s) {unknown} that are not in the grid's methods")
+    all_seeds = sorted(set(seeds).union(*own.values()))
     bench = benchmark_of(methods)
     data = Path(bench.default_data) if data is None else Path(data)
     out = Path("results") / bench.name if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ensure_benchmark(data, progress, bench.name)
-    cells = [Cell(m, s) for s in seeds for m in methods]
+    cells = [Cell(m, s) for s in all_seeds for m in methods if s in own.get(m, seeds)]
     t0 = time.time()
     if jobs > 1:
         from concurrent.futures import ThreadPoolExecutor
@@ -149,7 +159,7 @@ def run_grid(
             state = "done" if is_done(cell, out) else "running"
             print(f"[{i + 1}/{len(cells)}] {cell.method} seed {cell.seed}: {state}", flush=True)
             run_cell(cell, data, out, quick, extra, subprocess_mode, progress)
-    summary = summarize(out, methods, seeds)
+    summary = summarize(out, methods, {m: own.get(m, seeds) for m in methods})
     if summary:
         summary["seconds"], summary["out"] = time.time() - t0, str(out)
     return summary

@@ -7,7 +7,7 @@ import csv
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -190,12 +190,18 @@ def _rarest(results: list[dict], k: int) -> list[int]:
     return [int(c) for c in present[np.argsort(gt[present])][:k]]
 
 
-def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: int = 6) -> dict:
+def summarize(
+    out: Path, methods: Iterable[str], seeds: Iterable[int] | Mapping[str, Iterable[int]], rare_k: int = 6
+) -> dict:
     """Aggregate the finished cells into ``summary.{md,csv,json}`` and comparison plots (the
-    classification grid: :func:`balda.experiments.summary_cls.summarize_classification`)."""
+    classification grid: :func:`balda.experiments.summary_cls.summarize_classification`).
+
+    ``seeds``: the seeds of every method, or ``{method: seeds}`` where methods ran at different
+    numbers of seeds; a method is summarised over its own seeds' finished runs."""
     from .catalog import benchmark_of
 
-    methods, seeds = list(methods), list(seeds)
+    methods = list(methods)
+    seeds = {m: list(seeds[m]) for m in methods} if isinstance(seeds, Mapping) else dict.fromkeys(methods, list(seeds))
     metric = benchmark_of(methods).metric
     if metric == "accuracy":
         from .summary_cls import summarize_classification
@@ -210,7 +216,7 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
     by_seed: dict[str, dict[int, dict]] = {}
     for method in methods:
         ms = []
-        for s in seeds:
+        for s in seeds[method]:
             p = out / Cell(method, s).name / "final_metrics.json"
             if p.is_file():
                 m = json.loads(p.read_text())
@@ -239,7 +245,7 @@ def summarize(out: Path, methods: Iterable[str], seeds: Iterable[int], rare_k: i
     for method, ms in rows.items():
         gh_conf, gh_angle, kl, min_share = [], [], [], []
         loss_by_step: dict[int, list[float]] = {}
-        for s in seeds:
+        for s in by_seed[method]:  # the finished runs only (not a cell still training)
             from balda.engine.logger import read_metrics
 
             active = read_metrics(out / Cell(method, s).name, "active")

@@ -39,13 +39,13 @@ def _seed_metrics(m: dict) -> dict[str, float]:
     }
 
 
-def summarize_classification(out: Path, methods: list[str], seeds: list[int]) -> dict:
+def summarize_classification(out: Path, methods: list[str], seeds: dict[str, list[int]]) -> dict:
     """Aggregate the finished cells of a classification grid into ``summary.{md,csv,json}`` and plots
     (``accuracy.png``, ``class_accuracy.png``); returns ``{"markdown", "table", "paired"}``."""
     by_seed: dict[str, dict[int, dict]] = {}
     runs = []
     for method in methods:
-        for s in seeds:
+        for s in seeds[method]:
             p = out / Cell(method, s).name / "final_metrics.json"
             if p.is_file():
                 m = json.loads(p.read_text())

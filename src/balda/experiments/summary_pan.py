@@ -56,12 +56,12 @@ def _seed_metrics(m: dict, rare: list[int]) -> dict[str, float]:
         }
 
 
-def summarize_panoptic(out: Path, methods: list[str], seeds: list[int]) -> dict:
+def summarize_panoptic(out: Path, methods: list[str], seeds: dict[str, list[int]]) -> dict:
     """Aggregate the finished cells of a panoptic grid into ``summary.{md,csv,json}`` and plots
     (``mpq.png``, ``class_pq.png``); returns ``{"markdown", "table", "paired", "rare"}``."""
     by_seed: dict[str, dict[int, dict]] = {}
     for method in methods:
-        for s in seeds:
+        for s in seeds[method]:
             p = out / Cell(method, s).name / "final_metrics.json"
             if p.is_file():
                 by_seed.setdefault(method, {})[s] = json.loads(p.read_text())
