@@ -229,3 +229,28 @@ def test_more_seeds_option():
     for bad in (["advent"], ["5"], ["0", "advent"]):
         with pytest.raises(ConfigError, match="--more-seeds"):
             _more_seeds(bad)
+
+
+def test_bench_readme_block_is_named_after_the_output_folder(tmp_path, monkeypatch):
+    # a second grid of one benchmark (`--out results/streets_seeds5`) gets its own README block
+    # instead of overwriting the benchmark's main one
+    import balda.experiments as exp
+    from balda.experiments import readme_markers
+
+    out = tmp_path / "streets_seeds5"
+    out.mkdir()
+    (out / "summary.md").write_text("| method | mIoU |\n")
+    (out / "summary.json").write_text(json.dumps({"runs": [{}]}))
+    monkeypatch.setattr(exp, "run_grid", lambda *a, **k: {"markdown": "", "out": str(out), "seconds": 0.0})
+    readme = tmp_path / "README.md"
+    begin, end = readme_markers("streets")
+    readme.write_text(f"# x\n{begin}\nmain table\n{end}\n")
+    argv = ["bench", "--methods", "advent", "--out", str(out), "--readme", str(readme), "--commit", "abc"]
+    assert main(argv) == 0
+    text = readme.read_text()
+    assert "main table" in text and text.count(readme_markers("streets_seeds5")[0]) == 1
+    assert "records of 1 of the 1 runs were not kept" in text  # no per-run record kept: the block says so
+    (out / "advent_s0").mkdir()
+    (out / "advent_s0" / "final_metrics.json").write_text("{}")
+    assert main(argv) == 0
+    assert "in git, so the table can be re-summarised" in readme.read_text()

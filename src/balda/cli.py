@@ -174,12 +174,11 @@ def _cmd_bench(args) -> int:
         print(summary["markdown"])
         print(f"results in {summary['out']} ({summary['seconds']:.0f} s)")
         if args.readme:
-            from balda.experiments import benchmark_of, write_readme_section
+            from balda.experiments import write_readme_section
 
             cmd = "balda bench " + " ".join(shown_bench_args(args.argv))
-            write_readme_section(
-                Path(args.readme), Path(summary["out"]), cmd, commit=args.commit, section=benchmark_of(methods).name
-            )
+            out = Path(summary["out"])
+            write_readme_section(Path(args.readme), out, cmd, commit=args.commit, section=out.name)
             print(f"results section of {args.readme} updated")
     return 0
 
@@ -468,7 +467,12 @@ def _bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-process", action="store_true", help="run cells in this process (no subprocesses)")
     p.add_argument("--jobs", type=int, default=1, help="cells run at once (each with cores/jobs threads)")
     p.add_argument("--list", action="store_true", help="list the method catalogue and exit")
-    p.add_argument("--readme", metavar="FILE", help="also write the table into FILE between the results markers")
+    p.add_argument(
+        "--readme",
+        metavar="FILE",
+        help="also write the table into FILE between the markers `results:<out folder name>:begin/end` "
+        "(appended if FILE has none yet)",
+    )
     p.add_argument("--commit", help="commit the cells were trained at (default: the current HEAD)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_bench)
