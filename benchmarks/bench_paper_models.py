@@ -231,7 +231,16 @@ Reading the ratios against each module's cost model:
   (1.30-1.34x) than GH over all parameters (~1.0x): decoder mode is the cheaper choice only when the
   encoder's backward could not be shared, which is not the case for these strategies. (That table
   times each strategy in its own block of steps, not interleaved: its 0.91x for GH over all
-  parameters is the drift such timing cannot cancel.)
+  parameters is the drift such timing cannot cancel.) On **MiT-B5** decoder GH misses its target
+  (1.28x / 1.31x) for the same reason: the DAFormer head fuses all four stages at 1/4 resolution
+  with 256-channel embeddings and an ASPP, so its gradient probe costs 26% of a forward + backward
+  (0.62 of 2.38 s), against 5% for DeepLabV2's classifier (0.13 of 2.74 s), measured by
+  `python benchmarks/probe_head_share.py` (`benchmarks/results/head_share.json`). The cost model
+  1 + 2 x probe / step predicts 1.52x and 1.09x for a bare forward + backward; a training step adds
+  work outside the head (teacher, mixing, discriminator, optimiser), hence the measured 1.28-1.31x
+  and 1.02-1.06x. On DAFormer, use GH over all parameters (1.03-1.06x). The B5 rows of 2026-12-04
+  ran on a less loaded machine than those of 2026-12-03 (5 s vs 8-9 s per step): compare ratios,
+  not seconds, across days.
 * **CPSL stage 1** adds the prototype and per-pixel class-balanced selection over the teacher's
   output at 1/8 resolution: small against a R101 step.
 * **Peak memory** (CPU): the peak resident set during the measured steps (`VmHWM`, reset after the
