@@ -240,7 +240,7 @@ def test_bench_readme_block_is_named_after_the_output_folder(tmp_path, monkeypat
     out = tmp_path / "streets_seeds5"
     out.mkdir()
     (out / "summary.md").write_text("| method | mIoU |\n")
-    (out / "summary.json").write_text(json.dumps({"runs": [{}]}))
+    (out / "summary.json").write_text(json.dumps({"runs": [{"method": "advent", "seed": 0}]}))
     monkeypatch.setattr(exp, "run_grid", lambda *a, **k: {"markdown": "", "out": str(out), "seconds": 0.0})
     readme = tmp_path / "README.md"
     begin, end = readme_markers("streets")

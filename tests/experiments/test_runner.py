@@ -115,7 +115,7 @@ def test_readme_section_is_replaced_between_markers(tmp_path):
     out = tmp_path / "res"
     out.mkdir()
     (out / "summary.md").write_text("| method | mIoU |\n|---|---|\n| a | 1.0 |\n")
-    (out / "summary.json").write_text(_json.dumps({"runs": [{}, {}]}))
+    (out / "summary.json").write_text(_json.dumps({"runs": [{"method": "a", "seed": 0}, {"method": "a", "seed": 1}]}))
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{README_BEGIN}\nold\n{README_END}\n\ntail\n")
     write_readme_section(readme, out, "balda bench --seeds 3", commit="abc123")
@@ -131,7 +131,7 @@ def test_each_benchmark_has_its_own_readme_block(tmp_path):
 
     out = tmp_path / "res"
     out.mkdir()
-    (out / "summary.json").write_text(_json.dumps({"runs": [{}]}))
+    (out / "summary.json").write_text(_json.dumps({"runs": [{"method": "a", "seed": 0}]}))
     readme = tmp_path / "README.md"
     readme.write_text("# x\n")
     (out / "summary.md").write_text("streets table\n")
