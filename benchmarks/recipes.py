@@ -32,12 +32,17 @@ seconds per recipe on a CPU.
 evaluation modes, pixel options) but the backbone (ResNet-18 / MiT-B0): the data path at the real
 shapes, on a CPU, in minutes per recipe instead of the paper backbones' tens of minutes.
 
-Writes a Markdown table (recipe, what ran, ok / the error's first line, seconds) to
-``benchmarks/results/recipes.md`` (``--markdown``), prints it, and exits non-zero if a recipe failed::
+Writes a Markdown table (recipe, what ran, ok / the error's first line, seconds, commit and device) to
+``benchmarks/results/recipes.md`` (``--markdown``), prints it, and exits non-zero if a recipe failed.
+After each recipe the rows so far go to a ledger beside it (``recipes.json``); ``--resume`` goes on from
+it, running only what it does not hold as ok, so that a check longer than one sitting (``--scale full``
+on a CPU) can be done in parts, across machine restarts if the ledger is committed::
 
     python benchmarks/recipes.py                                   # all 38 recipes, down-scaled, CPU
     python benchmarks/recipes.py --recipes gta2cs/deeplabv2_ripu syn2cs/deeplabv2_cpsl_distill
     python benchmarks/recipes.py --scale full --device cuda        # the real shapes, on a GPU
+    python benchmarks/recipes.py --scale full --device cpu --resume \
+        --markdown benchmarks/results/recipes_full.md               # hours on a CPU: in parts
 """
 
 from __future__ import annotations
@@ -81,6 +86,8 @@ class Result:
     seconds: float = 0.0
     miou: float | None = None  #: the final score: mIoU, or mPQ for a panoptic recipe (``metric``)
     metric: str = "mIoU"
+    at: str = ""  #: where it ran: "<commit>, <device>" (a row reused by ``--resume`` keeps its own)
+    reused: bool = False  #: carried over from the ledger by ``--resume`` (not stored in the ledger)
 
     @property
     def ok(self) -> bool:
@@ -285,13 +292,74 @@ def run_recipe(
     return res
 
 
+def _run_dir(name: str, out: Path) -> Path:
+    from balda.config import load_config, resolve_config
+
+    return out / load_config(resolve_config(name)).name
+
+
+def _has_weights(name: str, out: Path) -> bool:
+    """Whether a recipe's run still has the checkpoint a later recipe starts from (final.pt, else last.pt)."""
+    run_dir = _run_dir(name, out)
+    return (run_dir / "final.pt").is_file() or (run_dir / "last.pt").is_file()
+
+
+# --------------------------------------------------------------------------------------- ledger
+def load_ledger(path: Path, scale: str, small_backbones: bool) -> dict[str, Result]:
+    """The rows of an earlier check of the same variant (``--resume``): recipe -> :class:`Result`.
+
+    The ledger (``<markdown>.json``, written after every recipe) lets a check too long for one sitting
+    (``--scale full`` on a CPU: hours) go on where it stopped, across machine restarts if it is kept
+    in git. A ledger of another variant is a :class:`~balda.core.errors.ConfigError` naming the file."""
+    from balda.core.errors import ConfigError
+
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+        variant, rows = (doc["scale"], bool(doc["small_backbones"])), doc["rows"]
+        results = {n: Result(**r) for n, r in rows.items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--resume: cannot read the recipe ledger {path}: {e}") from e
+    if variant != (scale, small_backbones):
+        raise ConfigError(
+            f"--resume: the ledger {path} is of --scale {variant[0]}"
+            f"{' --small-backbones' * variant[1]}, not of this check's --scale {scale}"
+            f"{' --small-backbones' * small_backbones}; give another --markdown or drop --resume"
+        )
+    return results
+
+
+def _row(r: Result) -> dict:
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(r).items() if k != "reused"}
+
+
+def write_ledger(path: Path, results: dict[str, Result], scale: str, small_backbones: bool) -> None:
+    """Write the rows so far, atomically (a killed check leaves the previous ledger whole)."""
+    from balda.core.atomic import atomic_write_text
+
+    doc = {"scale": scale, "small_backbones": small_backbones, "rows": {n: _row(r) for n, r in results.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+
+
+def reusable(order: list[str], previous: dict[str, Result], out: Path) -> set[str]:
+    """The recipes of ``order`` an earlier check passed that need not run again: every ok row, except a
+    prerequisite whose dependant still runs and whose checkpoint is gone (it is trained again)."""
+    reuse = {n for n in order if n in previous and previous[n].ok}
+    for n in reversed(order):  # dependants before their prerequisites, so a re-run propagates back
+        pre = prerequisite(n)
+        if pre in reuse and n not in reuse and not _has_weights(pre, out):
+            reuse.discard(pre)
+    return reuse
+
+
 def _drop_checkpoints(name: str, out: Path) -> None:
     """Delete the ``*.pt`` files of a recipe's run (and its CPSL prepared folder), keeping metrics and plots:
     a full-scale run writes three checkpoints of ~0.5 GB."""
-    from balda.config import load_config, resolve_config
-
-    run_dir = out / load_config(resolve_config(name)).name
-    for p in run_dir.glob("*.pt"):
+    for p in _run_dir(name, out).glob("*.pt"):
         p.unlink(missing_ok=True)
     if name.endswith("_cpsl"):
         shutil.rmtree(prepared_dir(out, prerequisite(name)), ignore_errors=True)
@@ -306,25 +374,41 @@ def run_all(
     progress: bool = False,
     keep_checkpoints: bool = False,
     small_backbones: bool = False,
+    ledger: Path | None = None,
+    resume: bool = False,
 ) -> tuple[list[Result], float]:
     """Generate the data, run ``names`` (with their prerequisites); returns the rows and the data seconds.
 
-    Unless ``keep_checkpoints``, a run's checkpoints are deleted once no later recipe starts from them."""
+    Unless ``keep_checkpoints``, a run's checkpoints are deleted once no later recipe starts from them.
+    ``ledger``: a JSON file the rows are written to after each recipe; with ``resume`` the recipes it
+    holds as ok are not run again (:func:`reusable`), their rows kept as they were measured."""
     data = Path(data) if data is not None else ROOT / "data" / "recipes" / scale
     out = Path(out) if out is not None else ROOT / "runs" / "recipes" / scale
     t0 = time.perf_counter()
     roots = ensure_data(data, scale, progress)
     data_s = time.perf_counter() - t0
     order = plan(names)
+    previous = load_ledger(ledger, scale, small_backbones) if resume and ledger is not None else {}
+    reuse = reusable(order, previous, out)
+    # rows of recipes this check does not ask for stay in the ledger
+    kept = {n: r for n, r in previous.items() if n not in order}
+    at = f"{_commit()}, {_device_type(device)}"
     results: dict[str, Result] = {}
     for name in order:
         pre = prerequisite(name)
-        if pre is not None and not results[pre].ok:
-            results[name] = Result(name, "-", f"skipped: needs {pre}, which failed")
+        if name in reuse:
+            results[name] = previous[name]
+            results[name].reused = True
+        elif pre is not None and not results[pre].ok:
+            results[name] = Result(name, "-", f"skipped: needs {pre}, which failed", at=at)
         else:
             results[name] = run_recipe(name, roots, out, scale, device, small_backbones)
+            results[name].at = at
         r = results[name]
-        print(f"{name}: {r.status} ({r.seconds:.1f} s)", file=sys.stderr, flush=True)
+        how = "reused from the ledger" if name in reuse else f"{r.seconds:.1f} s"
+        print(f"{name}: {r.status} ({how})", file=sys.stderr, flush=True)
+        if ledger is not None and name not in reuse:
+            write_ledger(ledger, {**kept, **results}, scale, small_backbones)
         if not keep_checkpoints:
             for done in (n for n in (pre, name) if n is not None):
                 if all(m in results for m in order if prerequisite(m) == done):
@@ -341,6 +425,12 @@ def _commit() -> str:
         return "unknown"
 
 
+def _device_type(device: str) -> str:
+    import torch
+
+    return device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -352,7 +442,8 @@ def markdown(results: list[Result], scale: str, device: str, data_s: float, smal
     small = small_backbones and scale == "full"
     shapes = ", ".join(f"{k} {h}x{w}" for k, (h, w) in SHAPES[scale].items())
     n_ok = sum(r.ok for r in results)
-    dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = _device_type(device)
+    reused = sum(r.reused for r in results)
     lines = [
         "# Recipe check",
         "",
@@ -371,14 +462,15 @@ def markdown(results: list[Result], scale: str, device: str, data_s: float, smal
         f"Commit {_commit()}, {dev} ({platform.machine()}, {os.cpu_count()} cores, load average "
         f"{os.getloadavg()[0]:.1f}), torch {torch.__version__}; data generated or reused in {data_s:.1f} s. "
         f"**{n_ok}/{len(results)} ok**, "
-        f"{sum(r.seconds for r in results):.0f} s in all.",
+        f"{sum(r.seconds for r in results):.0f} s in all"
+        + (f"; {reused} rows were measured earlier (`--resume`), at the commit they name." if reused else "."),
         "",
-        "| recipe | what ran | result | final score | seconds |",
-        "|---|---|---|---:|---:|",
+        "| recipe | what ran | result | final score | seconds | run at |",
+        "|---|---|---|---:|---:|---|",
     ]
     for r in results:
         miou = "-" if r.miou is None else f"{100 * r.miou:.1f} {r.metric}"
-        lines.append(f"| {r.recipe} | {_cell(r.ran)} | {_cell(r.status)} | {miou} | {r.seconds:.1f} |")
+        lines.append(f"| {r.recipe} | {_cell(r.ran)} | {_cell(r.status)} | {miou} | {r.seconds:.1f} | {_cell(r.at)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -403,6 +495,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with --scale full: ResNet-18 / MiT-B0 instead of the recipes' backbones (the real-shaped data "
         "path on a CPU)",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from the ledger next to --markdown (<markdown>.json, written after each recipe): the "
+        "recipes it holds as ok are not run again. For checks longer than one sitting (--scale full on a CPU)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="the trainer's log (INFO)")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -426,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             keep_checkpoints=args.keep_checkpoints,
             small_backbones=args.small_backbones,
+            ledger=args.markdown.with_suffix(".json"),
+            resume=args.resume,
         )
     except BaldaError as e:
         print(f"error: {e}", file=sys.stderr)

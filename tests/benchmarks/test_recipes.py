@@ -4,6 +4,7 @@ runs end to end, and a broken recipe is reported and fails the check."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -110,3 +111,44 @@ def test_a_broken_recipe_is_reported_and_fails_the_check(data, tmp_path, monkeyp
     assert "| syn2cs/deeplabv2_cpsl_warmup |" in text and "resnet7" in text
     assert "skipped: needs syn2cs/deeplabv2_cpsl_warmup, which failed" in text
     assert "**0/2 ok**" in text
+
+
+def test_resume_reuses_the_ledger_and_reruns_a_prerequisite_whose_weights_are_gone(tmp_path):
+    chain = recipes.plan(["syn2cs/deeplabv2_cpsl_distill"])  # warm-up -> stage 1 -> distillation
+    warm, stage1, distill = chain
+    ok = {n: recipes.Result(n, "train", at="abc1234, cpu") for n in chain}
+    # everything passed: nothing runs again
+    assert recipes.reusable(chain, ok, tmp_path) == set(chain)
+    # the distillation failed, and stage 1's checkpoint was dropped: stage 1 trains again, and so its
+    # warm-up (whose checkpoint is gone too), so that stage 1 can be prepared from it
+    failed = {**ok, distill: recipes.Result(distill, "train", status="RuntimeError: x")}
+    assert recipes.reusable(chain, failed, tmp_path) == set()
+    # ... but a stage-1 run that still has its weights is reused, and so is the warm-up it needs no more
+    (recipes._run_dir(stage1, tmp_path)).mkdir(parents=True)
+    (recipes._run_dir(stage1, tmp_path) / "final.pt").write_bytes(b"")
+    assert recipes.reusable(chain, failed, tmp_path) == {warm, stage1}
+    missing = {warm: ok[warm]}  # a ledger that stopped after the warm-up, its checkpoint gone
+    assert recipes.reusable(chain, missing, tmp_path) == set()
+
+
+def test_resume_goes_on_from_the_ledger_and_refuses_another_variant(data, tmp_path, monkeypatch):
+    from balda.core.errors import ConfigError
+
+    md = tmp_path / "recipes.md"
+    one = ["--recipes", "gta2cs/deeplabv2_advent_gh", "--data", str(data), "--out", str(tmp_path / "runs")]
+    assert recipes.main([*one, "--device", "cpu", "--markdown", str(md)]) == 0
+    ledger = json.loads(md.with_suffix(".json").read_text())
+    row = ledger["rows"]["gta2cs/deeplabv2_advent_gh"]
+    assert ledger["scale"] == "down" and row["status"] == "ok" and row["at"].endswith(", cpu")
+    assert "reused" not in row
+
+    def no_training(name, *a, **k):
+        raise AssertionError(f"{name} ran again")
+
+    monkeypatch.setattr(recipes, "run_recipe", no_training)
+    assert recipes.main([*one, "--device", "cpu", "--markdown", str(md), "--resume"]) == 0
+    text = md.read_text()
+    assert "1 rows were measured earlier (`--resume`)" in text and "| ok |" in text, text
+    assert json.loads(md.with_suffix(".json").read_text())["rows"]["gta2cs/deeplabv2_advent_gh"] == row
+    with pytest.raises(ConfigError, match="recipes.json is of --scale down"):
+        recipes.load_ledger(md.with_suffix(".json"), "full", True)
