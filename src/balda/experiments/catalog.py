@@ -23,6 +23,12 @@ _BUILTIN: dict[str, tuple[str, tuple[str, ...]]] = {
     "advent": ("streets/advent", ()),
     "minent": ("streets/minent", ()),
     "source_only+gbw": ("streets/source_only", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
+    # the released lambda on the source term alone: does self-training amplify GBW's ~1% weight
+    # changes (pseudo-labels of classes near the confidence threshold), or do they act by themselves?
+    "source_only+gbw_faithful": (
+        "streets/source_only",
+        ("balancing.class_weights=gbw", "balancing.gbw.mode=faithful"),
+    ),
     "self_training+gbw": ("streets/self_training", ("balancing.class_weights=gbw", "balancing.gbw.mode=scale_free")),
     "self_training+gbw_faithful": (
         "streets/self_training",
@@ -86,6 +92,7 @@ _BUILTIN_CONTROLS: dict[str, tuple[str, ...]] = {
     "advent": ("source_only",),
     "minent": ("source_only",),
     "source_only+gbw": ("source_only",),
+    "source_only+gbw_faithful": ("source_only",),
     "self_training+gbw": ("self_training",),
     "self_training+gbw_faithful": ("self_training",),
     "self_training+inverse_freq": ("self_training",),
