@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +26,9 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from run_all import bench_meta  # noqa: E402
+
 MODELS = {
     "r101": ("DeepLabV2-R101", "gta2cs/deeplabv2_self_training"),
     "b5": ("MiT-B5 + DAFormer head", "gta2cs/daformer_self_training"),
@@ -93,7 +97,7 @@ def main() -> None:
             f"of the parameters)",
             flush=True,
         )
-    meta = {"crop": args.crop, "batch": 1, "threads": args.threads, "reps": args.reps, "torch": torch.__version__}
+    meta = bench_meta(torch.device("cpu"), crop=args.crop, batch=1, reps=args.reps)
     Path(args.out).write_text(json.dumps({"meta": meta, "models": res}, indent=1) + "\n")
     print(f"written to {args.out}")
 
