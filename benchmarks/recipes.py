@@ -10,8 +10,11 @@ in the real formats and shapes into a cache folder (reused when complete), a few
 * a Cityscapes-format target at 1024x2048 (train and val), shared by both sources.
 
 Then, per recipe, ``balda train`` (in process, :func:`balda.engine.trainer.train`) with the recipe's
-own crop, batch, model, method and balancing, random init (``model.pretrained=null``,
-``method.self_training.imnet_model=null``), ``train.iters=2``, no periodic evaluation or checkpoint,
+own crop, batch, model, method and balancing, random init (``method.self_training.imnet_model=null``;
+DeepLabV2's ResNets load stand-in ImageNet weights through ``model.pretrained``: random weights with
+BatchNorm statistics of the source, :func:`ensure_standin_weights`, since its frozen BatchNorm with
+the initial statistics lets a random ResNet-101 diverge at the first step; MiT has LayerNorm and
+starts from ``model.pretrained=null``), ``train.iters=2``, no periodic evaluation or checkpoint,
 ``eval.max_images=2`` and the final evaluation. Chains run as in the recipes' instructions: the CPSL
 warm-up, ``balda cpsl prepare`` on it (:func:`~balda.methods.cpsl.prepare.prepare_from_checkpoint`),
 stage 1 from the prepared folder, then the distillation with the stage-1 run as teacher (a recipe's
@@ -175,6 +178,56 @@ def _small_backbone(cfg) -> str:
     return "model.backbone=" + ("mit_b0" if cfg.model.name == "daformer" else "resnet18")
 
 
+def check_backbone(cfg, scale: str, small_backbones: bool = False) -> str:
+    """The backbone a recipe runs with in the check: its own at ``--scale full``, else the small one."""
+    if scale == "down" or small_backbones:
+        return _small_backbone(cfg).split("=", 1)[1]
+    return cfg.model.backbone
+
+
+def standin_path(roots: dict[str, Path], backbone: str) -> Path:
+    """Where the stand-in ImageNet weights of a ResNet ``backbone`` are cached (beside the data)."""
+    return roots["gta5"].parents[1] / "weights" / f"{backbone}_standin.pth"
+
+
+def ensure_standin_weights(path: Path, backbone: str, source: Path, mean, std, crop: int = 512) -> Path:
+    r"""Write (or reuse) stand-in ImageNet weights for a DeepLabV2 ResNet ``backbone`` at ``path``.
+
+    Random weights (torchvision's initialisation, seed 0) whose BatchNorm running statistics are those
+    of one forward pass in training mode over two source images (crops of at most ``crop`` pixels,
+    normalised by ``mean`` / ``std``), in the torchvision layout a real ImageNet file has, so the
+    recipe loads it through ``model.pretrained`` (strictly) as it would the real weights. Why: the
+    DeepLabV2 recipes freeze BatchNorm, and with the initial statistics (mean 0, variance 1) a frozen
+    BatchNorm normalises nothing, so a random ResNet-101's activations grow by about 1.5x a block
+    (to ~2e5 at ``layer4``) and the first SGD step turns the loss non-finite; ImageNet statistics, or
+    these, keep every block's input normalised."""
+    if path.is_file():
+        return path
+    import numpy as np
+    import torch
+
+    from balda.core.atomic import atomic_write
+    from balda.data.io import read_image
+    from balda.models.deeplabv2 import ResNetBackbone
+
+    images = [read_image(p) for p in sorted((source / "images").glob("*.png"))[:2]]
+    c = min(crop, *(min(im.shape[:2]) for im in images))
+    x = np.stack([im[:c, :c] for im in images]).astype(np.float32)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    torch.manual_seed(0)
+    net = ResNetBackbone(backbone)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # the running statistics become those of the pass below
+    net.train()
+    with torch.no_grad():
+        net(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous())
+    state = net.state_dict()
+    atomic_write(path, lambda f: torch.save(state, f))
+    return path
+
+
 def overrides_for(
     name: str, roots: dict[str, Path], out: Path, scale: str, device: str, small_backbones: bool = False
 ) -> list[str]:
@@ -183,12 +236,16 @@ def overrides_for(
 
     cfg = load_config(resolve_config(name))
     src = roots["synthia"] if cfg.data.source.kind == "synthia" else roots["gta5"]
+    # DeepLabV2's frozen BatchNorm needs statistics: stand-in ImageNet weights (ensure_standin_weights)
+    weights = (
+        standin_path(roots, check_backbone(cfg, scale, small_backbones)) if cfg.model.name == "deeplabv2" else None
+    )
     ov = [
         f"out_dir={out}",
         f"data.source.root={src}",
         f"data.target.root={roots['cityscapes']}",
         f"data.val.root={roots['cityscapes']}",
-        "model.pretrained=null",
+        f"model.pretrained={weights or 'null'}",
         f"train.iters={ITERS}",
         "train.log_every=1",
         "train.ckpt_every=0",
@@ -386,8 +443,15 @@ def run_all(
     out = Path(out) if out is not None else ROOT / "runs" / "recipes" / scale
     t0 = time.perf_counter()
     roots = ensure_data(data, scale, progress)
-    data_s = time.perf_counter() - t0
     order = plan(names)
+    from balda.config import load_config, resolve_config
+
+    for name in order:  # the stand-in ImageNet weights the DeepLabV2 recipes load
+        cfg = load_config(resolve_config(name))
+        if cfg.model.name == "deeplabv2":
+            bb = check_backbone(cfg, scale, small_backbones)
+            ensure_standin_weights(standin_path(roots, bb), bb, roots["gta5"], cfg.data.mean, cfg.data.std)
+    data_s = time.perf_counter() - t0
     previous = load_ledger(ledger, scale, small_backbones) if resume and ledger is not None else {}
     reuse = reusable(order, previous, out)
     # rows of recipes this check does not ask for stay in the ledger
@@ -449,7 +513,8 @@ def markdown(results: list[Result], scale: str, device: str, data_s: float, smal
         "",
         f"`python benchmarks/recipes.py --scale {scale}{' --small-backbones' * small} --device {device}`: "
         f"{len(results)} real-data recipes, "
-        f"{ITERS} iterations each, on procedural data (H x W: {shapes}; GTA5 quirks on), random init, with the "
+        f"{ITERS} iterations each, on procedural data (H x W: {shapes}; GTA5 quirks on), random init "
+        "(DeepLabV2: stand-in ImageNet weights, random with the source's BatchNorm statistics), with the "
         f"final evaluation (2 images). Scale `{scale}`"
         + (
             ": crops 64 px high, resizes 128 px wide, ResNet-18 / MiT-B0 backbones."
@@ -460,7 +525,8 @@ def markdown(results: list[Result], scale: str, device: str, data_s: float, smal
         ),
         "",
         f"Commit {_commit()}, {dev} ({platform.machine()}, {os.cpu_count()} cores, load average "
-        f"{os.getloadavg()[0]:.1f}), torch {torch.__version__}; data generated or reused in {data_s:.1f} s. "
+        f"{os.getloadavg()[0]:.1f}), torch {torch.__version__}; "
+        f"data and stand-in weights generated or reused in {data_s:.1f} s. "
         f"**{n_ok}/{len(results)} ok**, "
         f"{sum(r.seconds for r in results):.0f} s in all"
         + (f"; {reused} rows were measured earlier (`--resume`), at the commit they name." if reused else "."),

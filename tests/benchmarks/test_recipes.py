@@ -55,14 +55,16 @@ def test_every_recipe_and_its_prerequisites_are_planned():
 def test_overrides_keep_the_recipe_at_full_scale_and_shrink_it_down(tmp_path):
     from balda.config import load_config, resolve_config
 
-    roots = {k: tmp_path / k for k in ("gta5", "synthia", "cityscapes")}
+    # the layout ensure_data returns
+    roots = {"gta5": tmp_path / "gta5" / "source", "synthia": tmp_path / "synthia" / "source"}
+    roots["cityscapes"] = tmp_path / "gta5" / "target"
     name = "syn2cs/daformer_self_training_gbw"
     real = load_config(resolve_config(name))
     full = load_config(resolve_config(name), recipes.overrides_for(name, roots, tmp_path, "full", "cpu"))
     down = load_config(resolve_config(name), recipes.overrides_for(name, roots, tmp_path, "down", "cpu"))
     assert full.data.crop == real.data.crop == [512, 512] and full.model.backbone == "mit_b5"
     assert full.data.source.resize == [760, 1280] and full.data.source.root == str(roots["synthia"])
-    assert full.model.pretrained is None and full.method.self_training.imnet_model is None
+    assert full.model.pretrained is None and full.method.self_training.imnet_model is None  # MiT: random
     assert (full.train.iters, full.train.eval_every, full.train.ckpt_every, full.eval.max_images) == (2, 0, 0, 2)
     assert full.balancing == real.balancing and full.method.self_training.pseudo_threshold == 0.968
     assert down.data.crop == [64, 64] and down.model.backbone == "mit_b0"
@@ -73,6 +75,13 @@ def test_overrides_keep_the_recipe_at_full_scale_and_shrink_it_down(tmp_path):
         recipes.overrides_for("gta2cs/deeplabv2_ripu_pixel", roots, tmp_path, "down", "cpu"),
     )
     assert ripu.active.rounds == [0.5] and ripu.data.crop == [64, 128] and ripu.model.backbone == "resnet18"
+    # DeepLabV2 loads stand-in ImageNet weights of the backbone it runs with
+    assert ripu.model.pretrained == str(tmp_path / "weights" / "resnet18_standin.pth")
+    r101 = load_config(
+        resolve_config("gta2cs/deeplabv2_ripu_pixel"),
+        recipes.overrides_for("gta2cs/deeplabv2_ripu_pixel", roots, tmp_path, "full", "cpu"),
+    )
+    assert r101.model.pretrained == str(tmp_path / "weights" / "resnet101_standin.pth") and r101.model.freeze_bn
     small = load_config(
         resolve_config(name), recipes.overrides_for(name, roots, tmp_path, "full", "cpu", small_backbones=True)
     )
@@ -152,3 +161,33 @@ def test_resume_goes_on_from_the_ledger_and_refuses_another_variant(data, tmp_pa
     assert json.loads(md.with_suffix(".json").read_text())["rows"]["gta2cs/deeplabv2_advent_gh"] == row
     with pytest.raises(ConfigError, match="recipes.json is of --scale down"):
         recipes.load_ledger(md.with_suffix(".json"), "full", True)
+
+
+def test_standin_weights_load_strictly_and_hold_the_source_batch_statistics(data, tmp_path):
+    """The stand-in ImageNet file of a DeepLabV2 ResNet: torchvision's layout (loads through
+    model.pretrained into the frozen-BN segmentor), and each BatchNorm's running statistics are the
+    batch statistics of its input on the two calibration crops (checked in closed form for the stem)."""
+    import numpy as np
+    import torch
+
+    from balda.data.io import read_image
+    from balda.models import load_pretrained
+    from balda.models.deeplabv2 import DeepLabV2
+
+    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    path = tmp_path / "w" / "resnet18_standin.pth"
+    src = data / "gta5" / "source"
+    assert recipes.ensure_standin_weights(path, "resnet18", src, mean, std, crop=48) == path
+    stamp = path.stat().st_mtime_ns
+    assert recipes.ensure_standin_weights(path, "resnet18", src, mean, std, crop=48) == path
+    assert path.stat().st_mtime_ns == stamp  # cached
+    model = DeepLabV2("resnet18", 19, freeze_bn=True)
+    assert load_pretrained(model, path).loaded == len(model.backbone.state_dict())
+    images = [read_image(p)[:48, :48] for p in sorted((src / "images").glob("*.png"))[:2]]
+    x = (np.stack(images).astype(np.float32) - np.float32(mean)) / np.float32(std)
+    with torch.no_grad():
+        z = model.backbone.conv1(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).double()
+    bn = model.backbone.bn1
+    torch.testing.assert_close(bn.running_mean.double(), z.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_var.double(), z.var((0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(model.backbone.layer4[1].bn2.running_var, torch.ones(512))
