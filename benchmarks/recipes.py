@@ -56,7 +56,6 @@ import logging
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -482,11 +481,10 @@ def run_all(
 
 # --------------------------------------------------------------------------------------- report
 def _commit() -> str:
-    try:
-        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        return r.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from run_all import _commit as commit
+
+    return commit()
 
 
 def _device_type(device: str) -> str:

@@ -35,12 +35,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _commit() -> str:
+    """The short commit of the checkout, with ``+dirty`` when tracked files differ from it (the figures
+    were then measured with code no commit holds)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
     try:
+        head = git("rev-parse", "--short", "HEAD")
         return (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-            ).stdout.strip()
-            or "unknown"
+            (head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")) if head else "unknown"
         )
     except OSError:
         return "unknown"
