@@ -567,3 +567,26 @@ def test_logged_weights_mark_absent_classes_nan():
     labels = torch.tensor([[[0, 255], [2, 2]], [[0, 7], [255, 0]]])  # 7 is out of range: ignored
     out = logged_weights(w, labels)
     assert out[0] == 0.5 and out[2] == 1.5 and torch.isnan(out[1]) and torch.isnan(out[3])
+
+
+def test_gbw_whose_weights_are_one_leaves_self_training_bit_identical(tiny_config):
+    """The GBW code path adds nothing but its weights: with lambda so large that every weight rounds to
+    exactly 1 (g^2 / 2e12 is below float32's resolution at 1), self-training + GBW trains to the very
+    weights of plain self-training. So an effect of GBW on the benchmark comes from its weights (the
+    faithful mode's ~1% deviations included), not from the weighting machinery."""
+    import json
+
+    from balda.engine.trainer import Trainer
+
+    plain = tiny_config("streets/self_training", name="plain")
+    Trainer(plain).fit()
+    ones = tiny_config(
+        "streets/self_training", "balancing.class_weights=gbw", "balancing.gbw.lam=1e12", name="gbw_ones"
+    )
+    Trainer(ones).fit()
+    logged = [json.loads(line) for line in (ones.run_dir / "metrics.jsonl").read_text().splitlines()]
+    weights = [v for r in logged for k, v in r.items() if k.startswith("weights/") and v is not None and v == v]
+    assert weights and all(v == 1.0 for v in weights)
+    a = torch.load(plain.run_dir / "final.pt", map_location="cpu", weights_only=False)["model"]
+    b = torch.load(ones.run_dir / "final.pt", map_location="cpu", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
