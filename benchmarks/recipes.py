@@ -41,7 +41,7 @@ After each recipe the rows so far go to a ledger beside it (``recipes.json``); `
 it, running only what it does not hold as ok, so that a check longer than one sitting (``--scale full``
 on a CPU) can be done in parts, across machine restarts if the ledger is committed::
 
-    python benchmarks/recipes.py                                   # all 38 recipes, down-scaled, CPU
+    python benchmarks/recipes.py                                   # all 41 recipes, down-scaled, CPU
     python benchmarks/recipes.py --recipes gta2cs/deeplabv2_ripu syn2cs/deeplabv2_cpsl_distill
     python benchmarks/recipes.py --scale full --device cuda        # the real shapes, on a GPU
     python benchmarks/recipes.py --scale full --device cpu --resume \
