@@ -23,7 +23,10 @@ round (``active.rounds=[0.5]``), checked in the label store. Each recipe's error
 broken recipe does not hide the others.
 
 ``--scale full`` keeps the real crops (512x512 / 512x1024 / 640x1280), resizes and backbones
-(ResNet-101, MiT-B5): minutes per recipe on a GPU (``--device cuda``), far too slow on a CPU.
+(ResNet-101, MiT-B5): minutes per recipe on a GPU (``--device cuda``); on a 2-core CPU 2-4 minutes a
+recipe (measured), about two hours for all, with ``--max-batch 1`` where the recipe's batch needs more
+memory than the machine has (RIPU / CBDA: ResNet-101 at 640x1280, batch 2+2, went past 15 GB and was
+killed on a 24 GB machine), and ``--resume`` to do it in parts.
 ``--scale down`` (the default) runs the same code path with everything geometric down-scaled: images
 generated at 1/16 of the real sizes, ``data.*.resize`` and ``eval.size`` to 128 pixels wide, crops to
 64 pixels high with the recipe's aspect (64x64, 64x128), the pixel-geometry options scaled alike
@@ -228,7 +231,13 @@ def ensure_standin_weights(path: Path, backbone: str, source: Path, mean, std, c
 
 
 def overrides_for(
-    name: str, roots: dict[str, Path], out: Path, scale: str, device: str, small_backbones: bool = False
+    name: str,
+    roots: dict[str, Path],
+    out: Path,
+    scale: str,
+    device: str,
+    small_backbones: bool = False,
+    max_batch: int | None = None,
 ) -> list[str]:
     """The dotted overrides that turn recipe ``name`` into a 2-iteration check on the stand-ins."""
     from balda.config import load_config, resolve_config
@@ -267,6 +276,8 @@ def overrides_for(
         ov += _down_overrides(cfg)
     elif small_backbones:
         ov.append(_small_backbone(cfg))
+    if max_batch is not None:  # a machine without the memory for the recipe's batch
+        ov += [f"data.batch_{d}={min(getattr(cfg.data, 'batch_' + d), max_batch)}" for d in ("source", "target")]
     return ov
 
 
@@ -308,17 +319,31 @@ def prepared_dir(out: Path, warmup: str) -> Path:
 
 # ------------------------------------------------------------------------------------------ run
 def run_recipe(
-    name: str, roots: dict[str, Path], out: Path, scale: str, device: str, small_backbones: bool = False
+    name: str,
+    roots: dict[str, Path],
+    out: Path,
+    scale: str,
+    device: str,
+    small_backbones: bool = False,
+    max_batch: int | None = None,
 ) -> Result:
-    """Train one recipe (after ``balda cpsl prepare`` for CPSL stage 1); never raises."""
+    """Train one recipe (after ``balda cpsl prepare`` for CPSL stage 1); never raises. The row says the
+    batch it trained at where ``max_batch`` made it smaller than the recipe's."""
     from balda.config import load_config, resolve_config
     from balda.engine.trainer import train
 
     res = Result(name)
     t0 = time.perf_counter()
     try:
-        cfg = load_config(resolve_config(name), overrides_for(name, roots, out, scale, device, small_backbones))
-        res.ran = f"train {ITERS} iters + final eval"
+        ov = overrides_for(name, roots, out, scale, device, small_backbones, max_batch)
+        cfg, own = load_config(resolve_config(name), ov), load_config(resolve_config(name)).data
+        batch, own_batch = (cfg.data.batch_source, cfg.data.batch_target), (own.batch_source, own.batch_target)
+        at = (
+            ""
+            if batch == own_batch
+            else f" at batch {batch[0]}+{batch[1]} (the recipe's {own_batch[0]}+{own_batch[1]})"
+        )
+        res.ran = f"train {ITERS} iters{at} + final eval"
         shutil.rmtree(cfg.run_dir, ignore_errors=True)  # a fresh run: no resumed rounds or checkpoints
         if cfg.method.name == "cpsl":
             from balda.methods.cpsl.prepare import prepare_from_checkpoint
@@ -432,12 +457,14 @@ def run_all(
     small_backbones: bool = False,
     ledger: Path | None = None,
     resume: bool = False,
+    max_batch: int | None = None,
 ) -> tuple[list[Result], float]:
     """Generate the data, run ``names`` (with their prerequisites); returns the rows and the data seconds.
 
     Unless ``keep_checkpoints``, a run's checkpoints are deleted once no later recipe starts from them.
     ``ledger``: a JSON file the rows are written to after each recipe; with ``resume`` the recipes it
-    holds as ok are not run again (:func:`reusable`), their rows kept as they were measured."""
+    holds as ok are not run again (:func:`reusable`), their rows kept as they were measured.
+    ``max_batch``: cap of the source and target batches (a row says where it applied)."""
     data = Path(data) if data is not None else ROOT / "data" / "recipes" / scale
     out = Path(out) if out is not None else ROOT / "runs" / "recipes" / scale
     t0 = time.perf_counter()
@@ -465,7 +492,7 @@ def run_all(
         elif pre is not None and not results[pre].ok:
             results[name] = Result(name, "-", f"skipped: needs {pre}, which failed", at=at)
         else:
-            results[name] = run_recipe(name, roots, out, scale, device, small_backbones)
+            results[name] = run_recipe(name, roots, out, scale, device, small_backbones, max_batch)
             results[name].at = at
         r = results[name]
         how = "reused from the ledger" if name in reuse else f"{r.seconds:.1f} s"
@@ -497,7 +524,14 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def markdown(results: list[Result], scale: str, device: str, data_s: float, small_backbones: bool = False) -> str:
+def markdown(
+    results: list[Result],
+    scale: str,
+    device: str,
+    data_s: float,
+    small_backbones: bool = False,
+    max_batch: int | None = None,
+) -> str:
     """The report: a header saying what ran where, then one row per recipe."""
     import torch
 
@@ -509,7 +543,8 @@ def markdown(results: list[Result], scale: str, device: str, data_s: float, smal
     lines = [
         "# Recipe check",
         "",
-        f"`python benchmarks/recipes.py --scale {scale}{' --small-backbones' * small} --device {device}`: "
+        f"`python benchmarks/recipes.py --scale {scale}{' --small-backbones' * small} --device {device}"
+        f"{'' if max_batch is None else f' --max-batch {max_batch}'}`: "
         f"{len(results)} real-data recipes, "
         f"{ITERS} iterations each, on procedural data (H x W: {shapes}; GTA5 quirks on), random init "
         "(DeepLabV2: stand-in ImageNet weights, random with the source's BatchNorm statistics), with the "
@@ -565,6 +600,13 @@ def main(argv: list[str] | None = None) -> int:
         help="go on from the ledger next to --markdown (<markdown>.json, written after each recipe): the "
         "recipes it holds as ok are not run again. For checks longer than one sitting (--scale full on a CPU)",
     )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        metavar="N",
+        help="cap the source and target batches at N (each row says where it applied): a CPU machine without "
+        "the memory of the recipe's batch (ResNet-101 at 640x1280, batch 2+2, needs over 20 GB on a CPU)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="the trainer's log (INFO)")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -590,11 +632,12 @@ def main(argv: list[str] | None = None) -> int:
             small_backbones=args.small_backbones,
             ledger=args.markdown.with_suffix(".json"),
             resume=args.resume,
+            max_batch=args.max_batch,
         )
     except BaldaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text = markdown(results, args.scale, args.device, data_s, args.small_backbones)
+    text = markdown(results, args.scale, args.device, data_s, args.small_backbones, args.max_batch)
     args.markdown.parent.mkdir(parents=True, exist_ok=True)
     args.markdown.write_text(text)
     print(text)

@@ -82,6 +82,12 @@ def test_overrides_keep_the_recipe_at_full_scale_and_shrink_it_down(tmp_path):
         recipes.overrides_for("gta2cs/deeplabv2_ripu_pixel", roots, tmp_path, "full", "cpu"),
     )
     assert r101.model.pretrained == str(tmp_path / "weights" / "resnet101_standin.pth") and r101.model.freeze_bn
+    capped = load_config(
+        resolve_config("gta2cs/deeplabv2_ripu_pixel"),
+        recipes.overrides_for("gta2cs/deeplabv2_ripu_pixel", roots, tmp_path, "full", "cpu", max_batch=1),
+    )
+    assert (capped.data.batch_source, capped.data.batch_target) == (1, 1) and capped.data.crop == r101.data.crop
+    assert (r101.data.batch_source, r101.data.batch_target) == (2, 2)
     small = load_config(
         resolve_config(name), recipes.overrides_for(name, roots, tmp_path, "full", "cpu", small_backbones=True)
     )
@@ -191,3 +197,16 @@ def test_standin_weights_load_strictly_and_hold_the_source_batch_statistics(data
     torch.testing.assert_close(bn.running_mean.double(), z.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(bn.running_var.double(), z.var((0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(model.backbone.layer4[1].bn2.running_var, torch.ones(512))
+
+
+def test_max_batch_caps_the_batch_and_the_row_says_so(data, tmp_path):
+    md = tmp_path / "recipes.md"
+    args = ["--recipes", "gta2cs/deeplabv2_ripu_pixel", "gta2cs/deeplabv2_advent", "--data", str(data)]
+    rc = recipes.main([*args, "--out", str(tmp_path / "runs"), "--markdown", str(md), "--max-batch", "1"])
+    text = md.read_text()
+    assert rc == 0, text
+    assert "--max-batch 1`" in text
+    ripu = next(line for line in text.splitlines() if line.startswith("| gta2cs/deeplabv2_ripu_pixel |"))
+    advent = next(line for line in text.splitlines() if line.startswith("| gta2cs/deeplabv2_advent |"))
+    assert "train 2 iters at batch 1+1 (the recipe's 2+2) + final eval" in ripu and "| ok |" in ripu
+    assert "at batch" not in advent  # its batch is 1+1 already
