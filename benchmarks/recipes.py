@@ -276,6 +276,11 @@ def overrides_for(
         ov += _down_overrides(cfg)
     elif small_backbones:
         ov.append(_small_backbone(cfg))
+    if scale == "full" and _device_type(device) == "cpu":
+        # no loader workers: a worker forked from a CPU trainer shares its heap (a ResNet-101 step at
+        # 640x1280 leaves ~13 GB), and the trainer's next step copies those pages (the check was
+        # OOM-killed with a 9 GB loader worker beside it); on a GPU the activations are not in that heap
+        ov.append("data.num_workers=0")
     if max_batch is not None:  # a machine without the memory for the recipe's batch
         ov += [f"data.batch_{d}={min(getattr(cfg.data, 'batch_' + d), max_batch)}" for d in ("source", "target")]
     return ov

@@ -77,6 +77,7 @@ def test_overrides_keep_the_recipe_at_full_scale_and_shrink_it_down(tmp_path):
     assert ripu.active.rounds == [0.5] and ripu.data.crop == [64, 128] and ripu.model.backbone == "resnet18"
     # DeepLabV2 loads stand-in ImageNet weights of the backbone it runs with
     assert ripu.model.pretrained == str(tmp_path / "weights" / "resnet18_standin.pth")
+    real_ripu = load_config(resolve_config("gta2cs/deeplabv2_ripu_pixel"))
     r101 = load_config(
         resolve_config("gta2cs/deeplabv2_ripu_pixel"),
         recipes.overrides_for("gta2cs/deeplabv2_ripu_pixel", roots, tmp_path, "full", "cpu"),
@@ -88,6 +89,12 @@ def test_overrides_keep_the_recipe_at_full_scale_and_shrink_it_down(tmp_path):
     )
     assert (capped.data.batch_source, capped.data.batch_target) == (1, 1) and capped.data.crop == r101.data.crop
     assert (r101.data.batch_source, r101.data.batch_target) == (2, 2)
+    # on a CPU at full scale no loader worker is forked from the trainer's heap; on a GPU they stay
+    gpu = load_config(
+        resolve_config("gta2cs/deeplabv2_ripu_pixel"),
+        recipes.overrides_for("gta2cs/deeplabv2_ripu_pixel", roots, tmp_path, "full", "cuda"),
+    )
+    assert r101.data.num_workers == 0 and gpu.data.num_workers == real_ripu.data.num_workers > 0
     small = load_config(
         resolve_config(name), recipes.overrides_for(name, roots, tmp_path, "full", "cpu", small_backbones=True)
     )
