@@ -34,9 +34,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: The tracked paths whose changes make a measurement's commit ``+dirty``.
+_CODE = ("src", "configs", "benchmarks", ":(exclude)benchmarks/results", "pyproject.toml")
+
+
 def _commit() -> str:
-    """The short commit of the checkout, with ``+dirty`` when tracked files differ from it (the figures
-    were then measured with code no commit holds)."""
+    """The short commit of the checkout, with ``+dirty`` when tracked code (``src``, ``configs``,
+    ``benchmarks`` but its results, ``pyproject.toml``) differs from it: the figures were then measured
+    with code no commit holds. Result files a running grid rewrites do not count."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -44,7 +49,9 @@ def _commit() -> str:
     try:
         head = git("rev-parse", "--short", "HEAD")
         return (
-            (head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")) if head else "unknown"
+            (head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", *_CODE) else ""))
+            if head
+            else "unknown"
         )
     except OSError:
         return "unknown"
