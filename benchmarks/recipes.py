@@ -550,7 +550,7 @@ def markdown(
         "",
         f"`python benchmarks/recipes.py --scale {scale}{' --small-backbones' * small} --device {device}"
         f"{'' if max_batch is None else f' --max-batch {max_batch}'}`: "
-        f"{len(results)} real-data recipes, "
+        f"{len(results)} of the {len(recipe_names())} shipped real-data recipes, "
         f"{ITERS} iterations each, on procedural data (H x W: {shapes}; GTA5 quirks on), random init "
         "(DeepLabV2: stand-in ImageNet weights, random with the source's BatchNorm statistics), with the "
         f"final evaluation (2 images). Scale `{scale}`"
