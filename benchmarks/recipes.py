@@ -176,15 +176,17 @@ def _down_hw(hw) -> list[int]:
     return [max(1, round(hw[0] * DOWN_WIDTH / hw[1])), DOWN_WIDTH]
 
 
+def _small_backbone_name(cfg) -> str:
+    return "mit_b0" if cfg.model.name == "daformer" else "resnet18"
+
+
 def _small_backbone(cfg) -> str:
-    return "model.backbone=" + ("mit_b0" if cfg.model.name == "daformer" else "resnet18")
+    return f"model.backbone={_small_backbone_name(cfg)}"
 
 
 def check_backbone(cfg, scale: str, small_backbones: bool = False) -> str:
     """The backbone a recipe runs with in the check: its own at ``--scale full``, else the small one."""
-    if scale == "down" or small_backbones:
-        return _small_backbone(cfg).split("=", 1)[1]
-    return cfg.model.backbone
+    return _small_backbone_name(cfg) if scale == "down" or small_backbones else cfg.model.backbone
 
 
 def standin_path(roots: dict[str, Path], backbone: str) -> Path:
