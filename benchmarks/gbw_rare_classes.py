@@ -36,14 +36,14 @@ PAIRS = (
 
 
 def logged_weights(run: Path, term: str) -> dict[str, float]:
-    """Mean of a run's logged ``weights/<term>/<class>`` over the steps where the class was present."""
-    sums: dict[str, list[float]] = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        for k, v in rec.items():
-            if k.startswith(f"weights/{term}/") and v is not None and math.isfinite(v):
-                sums.setdefault(k.split("/", 2)[2], []).append(v)
-    return {c: float(np.mean(v)) for c, v in sums.items()}
+    """Mean of a run's logged ``weights/<term>/<class>`` over the steps where the class was present
+    (the series :func:`balda.engine.report.class_weight_series` reads for the run's weight plots)."""
+    from balda.engine.report import class_weight_series
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    _, names, w = class_weight_series(records, term)
+    present = np.isfinite(w)
+    return {c: float(w[present[:, j], j].mean()) for j, c in enumerate(names) if present[:, j].any()}
 
 
 def _seeds(grid: Path, method: str) -> list[int]:

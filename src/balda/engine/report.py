@@ -21,6 +21,19 @@ _PER_CLASS = (
 )
 
 
+def class_weight_series(train: list[dict], term: str) -> tuple[list[int], list[str], np.ndarray]:
+    """The class weights a run logged for loss ``term`` (``weights/<term>/<class>`` of its train
+    records): the steps, the class names (or indices) and a (steps, classes) float array, NaN where a
+    class was absent from the batch. Empty lists and a (0, 0) array when the term logged none."""
+    prefix = f"weights/{term}/"
+    rows = [r for r in train if any(k.startswith(prefix) for k in r)]
+    if not rows:
+        return [], [], np.zeros((0, 0))
+    names = [k[len(prefix) :] for k in rows[0] if k.startswith(prefix)]
+    w = np.array([[r.get(prefix + c, np.nan) for c in names] for r in rows], dtype=float)
+    return [r["step"] for r in rows], names, w
+
+
 def write_run_plots(run_dir: str | Path, metrics, records: list[dict]) -> list[Path]:
     """Write ``plots/class_iou.png``, ``plots/confusion.png``, ``plots/losses.png``,
     ``plots/eval.png``, one ``plots/class_weights_<term>.png`` per weighted loss term, and the plots
@@ -77,13 +90,9 @@ def write_run_plots(run_dir: str | Path, metrics, records: list[dict]) -> list[P
         written.append(plots.plot_curves(series, out / "gh_conflict.png", "gradient conflict", "iteration", ""))
     terms = sorted({k.split("/")[1] for r in train for k in r if k.startswith("weights/") and k.count("/") == 2})
     for term in terms:
-        prefix = f"weights/{term}/"
-        rows = [r for r in train if any(k.startswith(prefix) for k in r)]
-        if not rows:
-            continue
-        names = [k[len(prefix) :] for k in rows[0] if k.startswith(prefix)]  # class names, or indices
-        w = np.array([[r.get(prefix + c, np.nan) for c in names] for r in rows], dtype=float)
-        written.append(plots.plot_class_weights([r["step"] for r in rows], w, names, out / f"class_weights_{term}.png"))
+        steps, names, w = class_weight_series(train, term)
+        if steps:
+            written.append(plots.plot_class_weights(steps, w, names, out / f"class_weights_{term}.png"))
     from balda.core.registry import RUN_PLOTS
 
     for name, plot in RUN_PLOTS.items():  # plots registered by the method modules (CPSL's marginal ...)
