@@ -76,13 +76,16 @@ def test_overrides_keep_the_recipe_at_full_scale_and_shrink_it_down(tmp_path):
     )
     assert ripu.active.rounds == [0.5] and ripu.data.crop == [64, 128] and ripu.model.backbone == "resnet18"
     # DeepLabV2 loads stand-in ImageNet weights of the backbone it runs with
-    assert ripu.model.pretrained == str(tmp_path / "weights" / "resnet18_standin.pth")
+    assert ripu.model.pretrained == str(tmp_path / "weights" / f"resnet18_standin_v{recipes.STANDIN_VERSION}.pth")
     real_ripu = load_config(resolve_config("gta2cs/deeplabv2_ripu_pixel"))
     r101 = load_config(
         resolve_config("gta2cs/deeplabv2_ripu_pixel"),
         recipes.overrides_for("gta2cs/deeplabv2_ripu_pixel", roots, tmp_path, "full", "cpu"),
     )
-    assert r101.model.pretrained == str(tmp_path / "weights" / "resnet101_standin.pth") and r101.model.freeze_bn
+    assert (
+        r101.model.pretrained == str(tmp_path / "weights" / f"resnet101_standin_v{recipes.STANDIN_VERSION}.pth")
+        and r101.model.freeze_bn
+    )
     capped = load_config(
         resolve_config("gta2cs/deeplabv2_ripu_pixel"),
         recipes.overrides_for("gta2cs/deeplabv2_ripu_pixel", roots, tmp_path, "full", "cpu", max_batch=1),
@@ -179,7 +182,8 @@ def test_resume_goes_on_from_the_ledger_and_refuses_another_variant(data, tmp_pa
 def test_standin_weights_load_strictly_and_hold_the_source_batch_statistics(data, tmp_path):
     """The stand-in ImageNet file of a DeepLabV2 ResNet: torchvision's layout (loads through
     model.pretrained into the frozen-BN segmentor), and each BatchNorm's running statistics are the
-    batch statistics of its input on the two calibration crops (checked in closed form for the stem)."""
+    batch statistics of its input on the two calibration crops (checked in closed form for the stem);
+    each residual branch ends in a BatchNorm scale of 1/sqrt(number of blocks), every other scale 1."""
     import numpy as np
     import torch
 
@@ -204,6 +208,13 @@ def test_standin_weights_load_strictly_and_hold_the_source_batch_statistics(data
     torch.testing.assert_close(bn.running_mean.double(), z.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(bn.running_var.double(), z.var((0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(model.backbone.layer4[1].bn2.running_var, torch.ones(512))
+    bb = model.backbone
+    blocks = [b for layer in (bb.layer1, bb.layer2, bb.layer3, bb.layer4) for b in layer]
+    assert len(blocks) == 8
+    for b in blocks:
+        torch.testing.assert_close(b.bn2.weight, torch.full_like(b.bn2.weight, 8**-0.5))
+        torch.testing.assert_close(b.bn1.weight, torch.ones_like(b.bn1.weight))
+    torch.testing.assert_close(bn.weight, torch.ones_like(bn.weight))
 
 
 def test_max_batch_caps_the_batch_and_the_row_says_so(data, tmp_path):
