@@ -34,6 +34,11 @@ generated at 1/16 of the real sizes, ``data.*.resize`` and ``eval.size`` to 128 
 ``model.backbone=resnet18`` for DeepLabV2 and ``mit_b0`` for DAFormer recipes, no loader workers:
 seconds per recipe on a CPU.
 
+``--weights resnet101=PATH mit_b5=PATH`` (any backbone name, several at once): real ImageNet files
+instead of random init for the recipes whose check runs that backbone, loaded through
+``model.pretrained`` as in a real run (and as the self-training feature-distance model, where the
+recipe has one); each row says which file it loaded.
+
 ``--scale full --small-backbones`` keeps everything of ``full`` (the real-shaped data, crops, resizes,
 evaluation modes, pixel options) but the backbone (ResNet-18 / MiT-B0): the data path at the real
 shapes, on a CPU, in minutes per recipe instead of the paper backbones' tens of minutes.
@@ -257,22 +262,24 @@ def overrides_for(
     device: str,
     small_backbones: bool = False,
     max_batch: int | None = None,
+    weights: dict[str, Path] | None = None,
 ) -> list[str]:
-    """The dotted overrides that turn recipe ``name`` into a 2-iteration check on the stand-ins."""
+    """The dotted overrides that turn recipe ``name`` into a 2-iteration check on the stand-ins;
+    ``weights`` (backbone name -> ImageNet file) replaces random init where the check's backbone has one."""
     from balda.config import load_config, resolve_config
 
     cfg = load_config(resolve_config(name))
     src = roots["synthia"] if cfg.data.source.kind == "synthia" else roots["gta5"]
+    backbone = check_backbone(cfg, scale, small_backbones)
+    real = (weights or {}).get(backbone)
     # DeepLabV2's frozen BatchNorm needs statistics: stand-in ImageNet weights (ensure_standin_weights)
-    weights = (
-        standin_path(roots, check_backbone(cfg, scale, small_backbones)) if cfg.model.name == "deeplabv2" else None
-    )
+    pretrained = real or (standin_path(roots, backbone) if cfg.model.name == "deeplabv2" else None)
     ov = [
         f"out_dir={out}",
         f"data.source.root={src}",
         f"data.target.root={roots['cityscapes']}",
         f"data.val.root={roots['cityscapes']}",
-        f"model.pretrained={weights or 'null'}",
+        f"model.pretrained={pretrained or 'null'}",
         f"train.iters={ITERS}",
         "train.log_every=1",
         "train.ckpt_every=0",
@@ -283,7 +290,7 @@ def overrides_for(
     ]
     m = cfg.method.name
     if m in SELF_TRAINING and getattr(cfg.method, m).imnet_model:
-        ov.append(f"method.{m}.imnet_model=null")
+        ov.append(f"method.{m}.imnet_model={real or 'null'}")
     if cfg.active.enabled:
         ov.append("active.rounds=[0.5]")
     pre = prerequisite(name)
@@ -350,16 +357,18 @@ def run_recipe(
     device: str,
     small_backbones: bool = False,
     max_batch: int | None = None,
+    weights: dict[str, Path] | None = None,
 ) -> Result:
     """Train one recipe (after ``balda cpsl prepare`` for CPSL stage 1); never raises. The row says the
-    batch it trained at where ``max_batch`` made it smaller than the recipe's."""
+    batch it trained at where ``max_batch`` made it smaller than the recipe's, and the ImageNet file
+    it loaded where ``weights`` had one for its backbone."""
     from balda.config import load_config, resolve_config
     from balda.engine.trainer import train
 
     res = Result(name)
     t0 = time.perf_counter()
     try:
-        ov = overrides_for(name, roots, out, scale, device, small_backbones, max_batch)
+        ov = overrides_for(name, roots, out, scale, device, small_backbones, max_batch, weights)
         cfg, own = load_config(resolve_config(name), ov), load_config(resolve_config(name)).data
         batch, own_batch = (cfg.data.batch_source, cfg.data.batch_target), (own.batch_source, own.batch_target)
         at = (
@@ -368,6 +377,9 @@ def run_recipe(
             else f" at batch {batch[0]}+{batch[1]} (the recipe's {own_batch[0]}+{own_batch[1]})"
         )
         res.ran = f"train {ITERS} iters{at} + final eval"
+        real = (weights or {}).get(check_backbone(cfg, scale, small_backbones))
+        if real is not None:
+            res.ran += f", ImageNet weights {Path(real).name}"
         shutil.rmtree(cfg.run_dir, ignore_errors=True)  # a fresh run: no resumed rounds or checkpoints
         if cfg.method.name == "cpsl":
             from balda.methods.cpsl.prepare import prepare_from_checkpoint
@@ -482,13 +494,15 @@ def run_all(
     ledger: Path | None = None,
     resume: bool = False,
     max_batch: int | None = None,
+    weights: dict[str, Path] | None = None,
 ) -> tuple[list[Result], float]:
     """Generate the data, run ``names`` (with their prerequisites); returns the rows and the data seconds.
 
     Unless ``keep_checkpoints``, a run's checkpoints are deleted once no later recipe starts from them.
     ``ledger``: a JSON file the rows are written to after each recipe; with ``resume`` the recipes it
     holds as ok are not run again (:func:`reusable`), their rows kept as they were measured.
-    ``max_batch``: cap of the source and target batches (a row says where it applied)."""
+    ``max_batch``: cap of the source and target batches (a row says where it applied).
+    ``weights``: backbone name -> ImageNet file, used instead of random init / stand-ins."""
     data = Path(data) if data is not None else ROOT / "data" / "recipes" / scale
     out = Path(out) if out is not None else ROOT / "runs" / "recipes" / scale
     t0 = time.perf_counter()
@@ -498,8 +512,8 @@ def run_all(
 
     for name in order:  # the stand-in ImageNet weights the DeepLabV2 recipes load
         cfg = load_config(resolve_config(name))
-        if cfg.model.name == "deeplabv2":
-            bb = check_backbone(cfg, scale, small_backbones)
+        bb = check_backbone(cfg, scale, small_backbones)
+        if cfg.model.name == "deeplabv2" and bb not in (weights or {}):
             ensure_standin_weights(standin_path(roots, bb), bb, roots["gta5"], cfg.data.mean, cfg.data.std)
     data_s = time.perf_counter() - t0
     previous = load_ledger(ledger, scale, small_backbones) if resume and ledger is not None else {}
@@ -516,7 +530,7 @@ def run_all(
         elif pre is not None and not results[pre].ok:
             results[name] = Result(name, "-", f"skipped: needs {pre}, which failed", at=at)
         else:
-            results[name] = run_recipe(name, roots, out, scale, device, small_backbones, max_batch)
+            results[name] = run_recipe(name, roots, out, scale, device, small_backbones, max_batch, weights)
             results[name].at = at
         r = results[name]
         how = "reused from the ledger" if name in reuse else f"{r.seconds:.1f} s"
@@ -555,6 +569,7 @@ def markdown(
     data_s: float,
     small_backbones: bool = False,
     max_batch: int | None = None,
+    weights: dict[str, Path] | None = None,
 ) -> str:
     """The report: a header saying what ran where, then one row per recipe."""
     import torch
@@ -568,10 +583,13 @@ def markdown(
         "# Recipe check",
         "",
         f"`python benchmarks/recipes.py --scale {scale}{' --small-backbones' * small} --device {device}"
-        f"{'' if max_batch is None else f' --max-batch {max_batch}'}`: "
+        f"{'' if max_batch is None else f' --max-batch {max_batch}'}"
+        f"{''.join(f' --weights {k}={Path(v).name}' for k, v in sorted((weights or {}).items()))}`: "
         f"{len(results)} of the {len(recipe_names())} shipped real-data recipes, "
-        f"{ITERS} iterations each, on procedural data (H x W: {shapes}; GTA5 quirks on), random init "
-        "(DeepLabV2: stand-in ImageNet weights, random with the source's BatchNorm statistics), with the "
+        f"{ITERS} iterations each, on procedural data (H x W: {shapes}; GTA5 quirks on), "
+        + (f"ImageNet weights for {', '.join(sorted(weights))}, else " if weights else "")
+        + f"random init (DeepLabV2: stand-in ImageNet weights v{STANDIN_VERSION}, random with the source's "
+        "BatchNorm statistics and residual branches scaled by 1/sqrt(blocks)), with the "
         f"final evaluation (2 images). Scale `{scale}`"
         + (
             ": crops 64 px high, resizes 128 px wide, ResNet-18 / MiT-B0 backbones."
@@ -595,6 +613,27 @@ def markdown(
         miou = "-" if r.miou is None else f"{100 * r.miou:.1f} {r.metric}"
         lines.append(f"| {r.recipe} | {_cell(r.ran)} | {_cell(r.status)} | {miou} | {r.seconds:.1f} | {_cell(r.at)} |")
     return "\n".join(lines) + "\n"
+
+
+def parse_weights(items: list[str]) -> dict[str, Path]:
+    """``--weights BACKBONE=PATH ...`` as a dict; an unknown backbone or a missing file is a
+    :class:`~balda.core.errors.ConfigError` naming the option."""
+    from balda.core.errors import ConfigError
+    from balda.models.deeplabv2 import RESNETS
+    from balda.models.mit import MIT_SETTINGS
+
+    known = sorted((*RESNETS, *MIT_SETTINGS))
+    out: dict[str, Path] = {}
+    for item in items:
+        key, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ConfigError(f"--weights {item!r}: expected BACKBONE=PATH, e.g. resnet101=weights/r101.pth")
+        if key not in known:
+            raise ConfigError(f"--weights {item!r}: unknown backbone {key!r}; expected one of {', '.join(known)}")
+        if not Path(path).is_file():
+            raise ConfigError(f"--weights {item!r}: no such file {path}")
+        out[key] = Path(path).resolve()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -631,6 +670,14 @@ def main(argv: list[str] | None = None) -> int:
         help="cap the source and target batches at N (each row says where it applied): a CPU machine without "
         "the memory of the recipe's batch (ResNet-101 at 640x1280, batch 2+2, needs over 20 GB on a CPU)",
     )
+    p.add_argument(
+        "--weights",
+        nargs="+",
+        metavar="BACKBONE=PATH",
+        default=[],
+        help="real ImageNet files instead of random init, by the backbone the check runs, e.g. "
+        "resnet101=weights/resnet101_imagenet.pth mit_b5=weights/mit_b5.pth",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="the trainer's log (INFO)")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -640,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     from balda.engine.trainer import resolve_device
 
     try:
+        weights = parse_weights(args.weights)
         if args.scale == "full" and not args.small_backbones and resolve_device(args.device).type == "cpu":
             print(
                 "warning: --scale full on a CPU is slow (ResNet-101 / MiT-B5 on 512x1024 crops, minutes per "
@@ -657,11 +705,12 @@ def main(argv: list[str] | None = None) -> int:
             ledger=args.markdown.with_suffix(".json"),
             resume=args.resume,
             max_batch=args.max_batch,
+            weights=weights,
         )
     except BaldaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text = markdown(results, args.scale, args.device, data_s, args.small_backbones, args.max_batch)
+    text = markdown(results, args.scale, args.device, data_s, args.small_backbones, args.max_batch, weights)
     args.markdown.parent.mkdir(parents=True, exist_ok=True)
     args.markdown.write_text(text)
     print(text)

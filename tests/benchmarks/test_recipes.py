@@ -228,3 +228,50 @@ def test_max_batch_caps_the_batch_and_the_row_says_so(data, tmp_path):
     advent = next(line for line in text.splitlines() if line.startswith("| gta2cs/deeplabv2_advent |"))
     assert "train 2 iters at batch 1+1 (the recipe's 2+2) + final eval" in ripu and "| ok |" in ripu
     assert "at batch" not in advent  # its batch is 1+1 already
+
+
+def test_real_imagenet_weights_replace_random_init_where_the_backbone_has_them(data, tmp_path):
+    """``--weights BACKBONE=PATH``: the recipes whose check runs that backbone load the file through
+    model.pretrained (and as the self-training ImageNet model); the others keep random init / stand-ins;
+    a wrong option is an error naming it."""
+    from balda.config import load_config, resolve_config
+    from balda.core.errors import ConfigError
+
+    roots = {"gta5": tmp_path / "gta5" / "source", "synthia": tmp_path / "synthia" / "source"}
+    roots["cityscapes"] = tmp_path / "gta5" / "target"
+    r101, b5 = tmp_path / "r101.pth", tmp_path / "b5.pth"
+    r101.write_bytes(b"x")
+    b5.write_bytes(b"x")
+    weights = recipes.parse_weights([f"resnet101={r101}", f"mit_b5={b5}"])
+    assert weights == {"resnet101": r101.resolve(), "mit_b5": b5.resolve()}
+
+    def cfg(name, scale):
+        return load_config(
+            resolve_config(name), recipes.overrides_for(name, roots, tmp_path, scale, "cpu", weights=weights)
+        )
+
+    st = cfg("gta2cs/daformer_self_training", "full")
+    assert st.model.pretrained == str(b5.resolve()) and st.method.self_training.imnet_model == str(b5.resolve())
+    assert cfg("gta2cs/deeplabv2_advent", "full").model.pretrained == str(r101.resolve())
+    down = cfg("gta2cs/deeplabv2_advent", "down")  # resnet18 has no file: the stand-in
+    assert down.model.pretrained == str(recipes.standin_path(roots, "resnet18"))
+    assert cfg("gta2cs/daformer_self_training", "down").method.self_training.imnet_model is None
+    for bad, match in (
+        ("resnet7=x", "unknown backbone 'resnet7'"),
+        (f"mit_b5={tmp_path}/no.pth", "no such file"),
+        ("mit_b5", "expected BACKBONE=PATH"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            recipes.parse_weights([bad])
+    assert recipes.main(["--weights", "resnet7=x", "--markdown", str(tmp_path / "r.md")]) == 2
+
+    # end to end: a down-scaled DeepLabV2 recipe with a ResNet-18 file given as its ImageNet weights
+    src = data / "gta5" / "source"
+    r18 = recipes.ensure_standin_weights(tmp_path / "r18.pth", "resnet18", src, st.data.mean, st.data.std, crop=48)
+    md = tmp_path / "w.md"
+    one = ["--recipes", "gta2cs/deeplabv2_advent", "--data", str(data), "--out", str(tmp_path / "runs")]
+    assert recipes.main([*one, "--device", "cpu", "--markdown", str(md), "--weights", f"resnet18={r18}"]) == 0
+    text = md.read_text()
+    assert "ImageNet weights r18.pth" in text and "--weights resnet18=r18.pth" in text, text
+    run_cfg = load_config(tmp_path / "runs" / "gta2cs_deeplabv2_advent" / "config.yaml")
+    assert run_cfg.model.pretrained == str(r18.resolve())
