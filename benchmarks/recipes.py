@@ -100,6 +100,8 @@ class Result:
     miou: float | None = None  #: the final score: mIoU, or mPQ for a panoptic recipe (``metric``)
     metric: str = "mIoU"
     at: str = ""  #: where it ran: "<commit>, <device>" (a row reused by ``--resume`` keeps its own)
+    #: version of the stand-in ImageNet weights it loaded (:data:`STANDIN_VERSION`); None: none loaded
+    standin: int | None = None
     reused: bool = False  #: carried over from the ledger by ``--resume`` (not stored in the ledger)
 
     @property
@@ -380,6 +382,8 @@ def run_recipe(
         real = (weights or {}).get(check_backbone(cfg, scale, small_backbones))
         if real is not None:
             res.ran += f", ImageNet weights {Path(real).name}"
+        elif cfg.model.name == "deeplabv2":
+            res.standin = STANDIN_VERSION
         shutil.rmtree(cfg.run_dir, ignore_errors=True)  # a fresh run: no resumed rounds or checkpoints
         if cfg.method.name == "cpsl":
             from balda.methods.cpsl.prepare import prepare_from_checkpoint
@@ -435,7 +439,7 @@ def load_ledger(path: Path, scale: str, small_backbones: bool) -> dict[str, Resu
     try:
         doc = json.loads(path.read_text())
         variant, rows = (doc["scale"], bool(doc["small_backbones"])), doc["rows"]
-        results = {n: Result(**r) for n, r in rows.items()}
+        results = {n: Result(**{"standin": _ledger_standin(n), **r}) for n, r in rows.items()}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"--resume: cannot read the recipe ledger {path}: {e}") from e
     if variant != (scale, small_backbones):
@@ -445,6 +449,17 @@ def load_ledger(path: Path, scale: str, small_backbones: bool) -> dict[str, Resu
             f"{' --small-backbones' * small_backbones}; give another --markdown or drop --resume"
         )
     return results
+
+
+def _ledger_standin(name: str) -> int | None:
+    """The stand-in version of a ledger row that does not record it (rows from before versions were
+    recorded): 1 for a DeepLabV2 recipe, none for the others."""
+    from balda.config import load_config, resolve_config
+
+    try:
+        return 1 if load_config(resolve_config(name)).model.name == "deeplabv2" else None
+    except Exception:  # noqa: BLE001 -- a recipe since removed: nothing to say
+        return None
 
 
 def _row(r: Result) -> dict:
@@ -611,7 +626,8 @@ def markdown(
     ]
     for r in results:
         miou = "-" if r.miou is None else f"{100 * r.miou:.1f} {r.metric}"
-        lines.append(f"| {r.recipe} | {_cell(r.ran)} | {_cell(r.status)} | {miou} | {r.seconds:.1f} | {_cell(r.at)} |")
+        ran = r.ran + (f", stand-in weights v{r.standin}" if r.standin not in (None, STANDIN_VERSION) else "")
+        lines.append(f"| {r.recipe} | {_cell(ran)} | {_cell(r.status)} | {miou} | {r.seconds:.1f} | {_cell(r.at)} |")
     return "\n".join(lines) + "\n"
 
 

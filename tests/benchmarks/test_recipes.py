@@ -165,7 +165,7 @@ def test_resume_goes_on_from_the_ledger_and_refuses_another_variant(data, tmp_pa
     ledger = json.loads(md.with_suffix(".json").read_text())
     row = ledger["rows"]["gta2cs/deeplabv2_advent_gh"]
     assert ledger["scale"] == "down" and row["status"] == "ok" and row["at"].endswith(", cpu")
-    assert "reused" not in row
+    assert "reused" not in row and row["standin"] == recipes.STANDIN_VERSION
 
     def no_training(name, *a, **k):
         raise AssertionError(f"{name} ran again")
@@ -177,6 +177,14 @@ def test_resume_goes_on_from_the_ledger_and_refuses_another_variant(data, tmp_pa
     assert json.loads(md.with_suffix(".json").read_text())["rows"]["gta2cs/deeplabv2_advent_gh"] == row
     with pytest.raises(ConfigError, match="recipes.json is of --scale down"):
         recipes.load_ledger(md.with_suffix(".json"), "full", True)
+    # a row from before the stand-in version was recorded: a DeepLabV2 one ran with version 1, and says so
+    old = {k: v for k, v in row.items() if k != "standin"}
+    ledger["rows"] = {"gta2cs/deeplabv2_advent_gh": old, "gta2cs/daformer_source_only": {**old, "recipe": "x"}}
+    md.with_suffix(".json").write_text(json.dumps(ledger))
+    rows = recipes.load_ledger(md.with_suffix(".json"), "down", False)
+    assert rows["gta2cs/deeplabv2_advent_gh"].standin == 1 and rows["gta2cs/daformer_source_only"].standin is None
+    assert recipes.main([*one, "--device", "cpu", "--markdown", str(md), "--resume"]) == 0
+    assert "+ final eval, stand-in weights v1 | ok |" in md.read_text(), md.read_text()
 
 
 def test_standin_weights_load_strictly_and_hold_the_source_batch_statistics(data, tmp_path):
