@@ -17,6 +17,8 @@ def test_supervised_runs_end_to_end(tiny_config, config):
     run = cfg.run_dir
     for f in ("config.yaml", "last.pt", "final.pt", "best.pt", "final_metrics.json", "metrics.jsonl"):
         assert (run / f).is_file(), f
+    env = json.loads((run / "environment.json").read_text())["starts"]
+    assert len(env) == 1 and env[0]["step"] == 0 and env[0]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert (run / "plots" / "class_iou.png").is_file() and (run / "plots" / "confusion.png").is_file()
     final = json.loads((run / "final_metrics.json").read_text())
     assert final["step"] == 4 and abs(final["miou"] - metrics.miou) < 1e-12

@@ -121,7 +121,15 @@ def test_readme_section_is_replaced_between_markers(tmp_path):
     write_readme_section(readme, out, "balda bench --seeds 3", commit="abc123")
     text = readme.read_text()
     assert "old" not in text and "| a | 1.0 |" in text and "`abc123`" in text and text.endswith("tail\n")
-    assert "(2 runs)" in text and "balda bench --seeds 3" in text
+    assert "(2 runs)" in text and "balda bench --seeds 3" in text and "Trained on" not in text
+    # runs that recorded their machine: the block says what they trained on, and what predates the record
+    from balda.core.env import describe, record
+
+    (out / "a_s0").mkdir()
+    env = record(out / "a_s0", 0)
+    write_readme_section(readme, out, "balda bench --seeds 3", commit="abc123")
+    text = readme.read_text()
+    assert f"Trained on: {describe(env)} (1 runs); not recorded (1 runs, trained before" in text, text
 
 
 def test_each_benchmark_has_its_own_readme_block(tmp_path):

@@ -42,6 +42,7 @@ from balda.core.checkpoint import (
     seed_everything,
     set_rng_state,
 )
+from balda.core.env import record as record_environment
 from balda.core.errors import ConfigError, NonFiniteLossError
 from balda.core.hooks import HookBase
 from balda.engine.hooks import FaultInjection, FinalEvalAndSave, PeriodicCheckpoint, PeriodicEval, RunPlots
@@ -177,6 +178,7 @@ class Trainer:
                 self.load(resume_from, allow_changes=allow_changes)
         if self.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
+            record_environment(self.run_dir, self.step, str(self.device))
 
     # ----------------------------------------------------------------------------------- setup
     def _resume_path(self, resume: bool | str | Path) -> Optional[Path]:

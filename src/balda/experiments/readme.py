@@ -36,6 +36,33 @@ def git_commit(path: Path = Path(".")) -> str:
         return "unknown"
 
 
+def trained_on(out: Path, runs: list[dict]) -> str:
+    """`` Trained on: <environment> (n runs); ...``: the distinct environments the runs' first
+    starts recorded (``environment.json``, :func:`balda.core.env.record`), most runs first, and how
+    many runs predate the record; empty when no run has one."""
+    from balda.core.env import describe
+
+    from .catalog import Cell
+
+    counts: dict[str, int] = {}
+    missing = 0
+    for r in runs:
+        path = out / Cell(r["method"], r["seed"]).name / "environment.json"
+        try:
+            start = json.loads(path.read_text())["starts"][0]
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            missing += 1
+            continue
+        key = describe(start)
+        counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return ""
+    parts = [f"{k} ({n} runs)" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+    if missing:
+        parts.append(f"not recorded ({missing} runs, trained before runs recorded their machine)")
+    return " Trained on: " + "; ".join(parts) + "."
+
+
 def write_readme_section(
     readme: Path, out: Path, command: str, commit: Optional[str] = None, section: str = "streets"
 ) -> None:
@@ -63,7 +90,7 @@ def write_readme_section(
     head = (
         f"Produced by `{command}` ({n_runs} runs) at commit `{commit or git_commit()}` on "
         f"{platform.machine()} with {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{time.strftime('%Y-%m-%d')}. {records}"
+        f"{time.strftime('%Y-%m-%d')}. {records}{trained_on(out, runs)}"
     )
     begin, end = readme_markers(section)
     block = f"{begin}\n{head}\n\n{summary.strip()}\n{end}"
