@@ -102,6 +102,8 @@ class Result:
     at: str = ""  #: where it ran: "<commit>, <device>" (a row reused by ``--resume`` keeps its own)
     #: version of the stand-in ImageNet weights it loaded (:data:`STANDIN_VERSION`); None: none loaded
     standin: int | None = None
+    #: the source loss at the first and the last iteration, "source.ce 2.95 -> 2.71" (:func:`loss_trend`)
+    loss: str | None = None
     reused: bool = False  #: carried over from the ledger by ``--resume`` (not stored in the ledger)
 
     @property
@@ -404,6 +406,7 @@ def run_recipe(
         if not (cfg.run_dir / "final_metrics.json").is_file():
             raise RuntimeError(f"no final evaluation: {cfg.run_dir / 'final_metrics.json'} is missing")
         res.miou = float(metrics.score) if metrics is not None else None
+        res.loss = loss_trend(cfg.run_dir / "metrics.jsonl")
         res.metric = "mPQ" if cfg.task == "panoptic" else "mIoU"
     except Exception as e:  # one broken recipe must not hide the others
         lines = str(e).strip().splitlines()
@@ -411,6 +414,26 @@ def run_recipe(
         traceback.print_exc(file=sys.stderr)
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def loss_trend(metrics: Path) -> str | None:
+    """``"<term> <first> -> <last>"``: a run's source loss term (the first ``loss/source.*`` key, else
+    the first ``loss/*``) at its first and last logged training iteration, from ``metrics.jsonl``.
+    "ok" only says the code path ran; this says whether the first steps already diverge (the check's
+    random network with unit residual scales went from a source CE of 17 to 1300 in two steps)."""
+    try:
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return None
+    train = [r for r in rows if r.get("kind") == "train" and any(k.startswith("loss/") for k in r)]
+    if not train:
+        return None
+    keys = sorted(k for k in train[0] if k.startswith("loss/"))
+    key = next((k for k in keys if k.startswith("loss/source.")), keys[0])
+    first, last = train[0].get(key), train[-1].get(key)
+    if first is None or last is None:
+        return None
+    return f"{key[5:]} {float(first):.3g} -> {float(last):.3g}"
 
 
 def _run_dir(name: str, out: Path) -> Path:
@@ -621,13 +644,16 @@ def markdown(
         f"{sum(r.seconds for r in results):.0f} s in all"
         + (f"; {reused} rows were measured earlier (`--resume`), at the commit they name." if reused else "."),
         "",
-        "| recipe | what ran | result | final score | seconds | run at |",
-        "|---|---|---|---:|---:|---|",
+        "| recipe | what ran | result | loss, first -> last step | final score | seconds | run at |",
+        "|---|---|---|---|---:|---:|---|",
     ]
     for r in results:
         miou = "-" if r.miou is None else f"{100 * r.miou:.1f} {r.metric}"
         ran = r.ran + (f", stand-in weights v{r.standin}" if r.standin not in (None, STANDIN_VERSION) else "")
-        lines.append(f"| {r.recipe} | {_cell(ran)} | {_cell(r.status)} | {miou} | {r.seconds:.1f} | {_cell(r.at)} |")
+        loss = _cell(r.loss) if r.loss else "-"
+        lines.append(
+            f"| {r.recipe} | {_cell(ran)} | {_cell(r.status)} | {loss} | {miou} | {r.seconds:.1f} | {_cell(r.at)} |"
+        )
     return "\n".join(lines) + "\n"
 
 

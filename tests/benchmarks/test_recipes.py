@@ -113,6 +113,7 @@ def test_down_scaled_subset_runs_end_to_end(data, tmp_path):
     assert rc == 0, text
     rows = [line for line in text.splitlines() if line.startswith(("| gta2cs/", "| syn2cs/"))]
     assert len(rows) == 7 and all("| ok |" in r for r in rows), text
+    assert all("| source.ce " in r and " -> " in r for r in rows), text  # the loss at step 1 -> step 2
     assert "cpsl prepare on syn2cs/deeplabv2_cpsl_warmup" in text and "teacher syn2cs_deeplabv2_cpsl" in text
     assert text.count("1 acquisition round") == 2
     runs = tmp_path / "runs"
@@ -283,3 +284,17 @@ def test_real_imagenet_weights_replace_random_init_where_the_backbone_has_them(d
     assert "ImageNet weights r18.pth" in text and "--weights resnet18=r18.pth" in text, text
     run_cfg = load_config(tmp_path / "runs" / "gta2cs_deeplabv2_advent" / "config.yaml")
     assert run_cfg.model.pretrained == str(r18.resolve())
+
+
+def test_loss_trend_reads_the_source_loss_at_the_first_and_last_step(tmp_path):
+    m = tmp_path / "metrics.jsonl"
+    rows = [
+        {"step": 1, "kind": "train", "loss/target.adv": 0.69, "loss/source.ce": 17.0},
+        {"step": 2, "kind": "eval", "eval/miou": 0.1},
+        {"step": 2, "kind": "train", "loss/target.adv": 0.7, "loss/source.ce": 1300.6},
+    ]
+    m.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert recipes.loss_trend(m) == "source.ce 17 -> 1.3e+03"
+    m.write_text(json.dumps({"step": 1, "kind": "train", "loss/sem": 2.5}) + "\n")  # no source.* term
+    assert recipes.loss_trend(m) == "sem 2.5 -> 2.5"
+    assert recipes.loss_trend(tmp_path / "missing.jsonl") is None
