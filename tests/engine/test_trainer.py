@@ -123,6 +123,47 @@ def test_nan_loss_skip_policy_continues(tiny_config):
         assert torch.isfinite(p).all()
 
 
+class _NaNGradAt:
+    """A finite loss whose gradient is NaN at ``step``: ``source.ce + sqrt(0 * sum(w))`` (the value
+    adds 0, the derivative is 0 * inf)."""
+
+    def __init__(self, strategy, model, step):
+        self.strategy, self.model, self.step = strategy, model, step
+
+    def __call__(self, model, batch, step):
+        out = self.strategy.__class__.compute_losses(self.strategy, model, batch, step)
+        if step == self.step:
+            w = next(self.model.parameters())
+            out.losses["source.ce"] = out.losses["source.ce"] + torch.sqrt(0.0 * w.sum())
+        return out
+
+
+@pytest.mark.parametrize("clip", ["null", "10.0"])
+def test_a_finite_loss_with_a_nan_gradient_never_reaches_the_weights(tiny_config, clip):
+    """Raise: the error says gradient (not loss) and the weights are those before the step; skip:
+    training goes on with finite weights. With and without gradient clipping (whose norm is the flag)."""
+    tr = Trainer(tiny_config("streets/source_only", "train.nan_policy=raise", f"optim.grad_clip={clip}"))
+    tr.strategy.compute_losses = _NaNGradAt(tr.strategy, tr.model, 2)
+    before = {}
+    orig = tr.train_step
+
+    def spy(batch):
+        if tr.step == 2:
+            before.update({k: v.clone() for k, v in tr.model.state_dict().items()})
+        return orig(batch)
+
+    tr.train_step = spy
+    with pytest.raises(NonFiniteLossError, match="non-finite gradient at iteration 2"):
+        tr.fit()
+    assert all(torch.equal(before[k], v) for k, v in tr.model.state_dict().items())
+    assert all(p.grad is None for p in tr.model.parameters())
+
+    tr = Trainer(tiny_config("streets/source_only", "train.nan_policy=skip", f"optim.grad_clip={clip}"))
+    tr.strategy.compute_losses = _NaNGradAt(tr.strategy, tr.model, 1)
+    tr.fit()
+    assert tr.step == 4 and all(torch.isfinite(p).all() for p in tr.model.parameters())
+
+
 def test_cli_reports_bad_config_key(tiny_streets, tmp_path, capsys):
     from balda.cli import main
 

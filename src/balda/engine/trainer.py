@@ -84,6 +84,17 @@ def _to_device(batch, device):
     return batch
 
 
+def _grads_finite(optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """A device flag: every gradient the optimiser would apply is finite (one fused norm per
+    device and dtype, no host sync; a NaN or inf entry makes its tensor's norm non-finite)."""
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if not grads:
+        return torch.ones((), dtype=torch.bool)
+    norms = torch._foreach_norm(grads)
+    dev = norms[0].device
+    return torch.stack([n.to(dev, torch.float32) for n in norms]).isfinite().all()
+
+
 class Trainer:
     """Train ``cfg`` into ``cfg.run_dir``; ``resume=True`` continues from ``last.pt`` if present,
     a path resumes from that checkpoint. A resumed run must have the checkpoint's config except for
@@ -269,12 +280,19 @@ class Trainer:
         log.info("resumed from %s at iteration %d", path, self.step)
 
     # ------------------------------------------------------------------------------------ train
-    def _check_finite(self, total: torch.Tensor, out) -> bool:
-        """One host sync per step on a scalar flag: a non-finite loss must never reach the weights."""
-        if bool(dist.all_true(torch.isfinite(total.detach()))):  # all ranks agree (sharded step)
+    def _check_finite(self, total: torch.Tensor, out, grads_finite: Optional[torch.Tensor] = None) -> bool:
+        """One host sync per step on a scalar flag: a non-finite loss, or a finite loss whose
+        gradient is not finite (``grads_finite``, a device flag), must never reach the weights."""
+        flag = torch.isfinite(total.detach())
+        if grads_finite is not None:
+            flag = flag & grads_finite
+        if bool(dist.all_true(flag)):  # all ranks agree (sharded step)
             return True
         bad = [n for n, v in out.losses.items() if not bool(torch.isfinite(v.detach()))]
-        msg = f"non-finite loss at iteration {self.step}: {', '.join(bad) or 'total'}"
+        if bad or not bool(dist.all_true(torch.isfinite(total.detach()))):
+            msg = f"non-finite loss at iteration {self.step}: {', '.join(bad) or 'total'}"
+        else:
+            msg = f"non-finite gradient at iteration {self.step} (the losses {', '.join(out.losses)} are finite)"
         if self.cfg.train.nan_policy == "raise":
             raise NonFiniteLossError(msg + " (set train.nan_policy=skip to skip such steps)")
         self.skipped += 1
@@ -313,10 +331,20 @@ class Trainer:
         logs["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
         return logs
 
+    def _discard_step(self, buffers: list, saved: list) -> None:
+        """Undo a step that must not reach the weights: the model's buffers back to their values
+        before the forward pass, no gradients; a GradScaler that unscaled them backs off its scale
+        (its update after an unscale, as when it skips a step with inf gradients itself)."""
+        if buffers:
+            torch._foreach_copy_(buffers, saved)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.update()
+
     def _phase(self, model, batch: dict, phase: str, logs: dict) -> bool:
         """Losses of one phase, their combined gradients, one optimiser step; False if skipped."""
         # BatchNorm running statistics change during the forward pass: keep a copy so that a
-        # step with a non-finite loss leaves the whole model state (not only the weights) intact.
+        # step with a non-finite loss or gradient leaves the whole model state (not only the weights) intact.
         buffers = list(self.model.buffers())
         saved = [b.clone() for b in buffers]
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
@@ -325,29 +353,34 @@ class Trainer:
         logs.update(out.logs)
         for n, v in out.losses.items():
             logs[f"loss/{n}"] = v.detach()
-        try:
-            finite = self._check_finite(total, out)
-        except NonFiniteLossError:
-            if buffers:
-                torch._foreach_copy_(buffers, saved)
-            raise
-        if not finite:
-            if buffers:
-                torch._foreach_copy_(buffers, saved)
-            self.optimizer.zero_grad(set_to_none=True)
-            return False
-        self.skipped = 0
         self.optimizer.zero_grad(set_to_none=True)
         shared = self.shared if out.shared is None else list(out.shared)
-        logs.update(self.combiner.backward(out, self.params, shared, scaler=self.scaler))
+        combiner_logs = self.combiner.backward(out, self.params, shared, scaler=self.scaler)
         for p in out.frozen:  # parameters this phase must not update: no gradient, so no step
             p.grad = None
         if self.ddp_model is not None and not self.combiner.reduces_grads:
             dist.all_reduce_grads(self._outside_ddp)  # strategy parameters DDP does not see
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
+        grads_finite = norm = None
         if self.cfg.optim.grad_clip:
-            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+            grads_finite = torch.isfinite(norm)
+        elif self.scaler is None:  # (GradScaler skips a step with inf/NaN gradients itself)
+            grads_finite = _grads_finite(self.optimizer)
+        # checked after the backward pass, so that loss and gradient share the step's one host sync
+        try:
+            finite = self._check_finite(total, out, grads_finite if self.scaler is None else None)
+        except NonFiniteLossError:
+            self._discard_step(buffers, saved)
+            raise
+        if not finite:
+            self._discard_step(buffers, saved)
+            return False
+        self.skipped = 0
+        logs.update(combiner_logs)  # (a skipped step logs its losses only)
+        if norm is not None:
+            logs["grad_norm"] = norm
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
