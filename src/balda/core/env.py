@@ -11,12 +11,16 @@ be traced to the machine rather than guessed at.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from importlib import metadata
+from pathlib import Path
 from typing import Optional
 
-__all__ = ["environment", "describe"]
+from balda.core.atomic import atomic_write_text
+
+__all__ = ["environment", "describe", "record"]
 
 #: Distributions whose versions can change a run's numbers (kernels, image decoding and resizing).
 PACKAGES = ("torch", "torchvision", "numpy", "opencv-python-headless", "pillow")
@@ -82,11 +86,6 @@ def record(run_dir, step: int, device: Optional[str] = None) -> dict:
     """Append this process's :func:`environment` (with the iteration it starts at) to
     ``run_dir/environment.json`` (``{"starts": [...]}``, written atomically) and return it; a run
     resumed on another machine thus keeps both."""
-    import json
-    from pathlib import Path
-
-    from balda.core.atomic import atomic_write_text
-
     path = Path(run_dir) / "environment.json"
     starts: list = []
     if step > 0 and path.is_file():  # a fresh start (step 0) replaces the record of a discarded run

@@ -289,7 +289,7 @@ class Trainer:
         if bool(dist.all_true(flag)):  # all ranks agree (sharded step)
             return True
         bad = [n for n, v in out.losses.items() if not bool(torch.isfinite(v.detach()))]
-        if bad or not bool(dist.all_true(torch.isfinite(total.detach()))):
+        if bad or not bool(torch.isfinite(total.detach())):
             msg = f"non-finite loss at iteration {self.step}: {', '.join(bad) or 'total'}"
         else:
             msg = f"non-finite gradient at iteration {self.step} (the losses {', '.join(out.losses)} are finite)"
@@ -365,12 +365,11 @@ class Trainer:
         grads_finite = norm = None
         if self.cfg.optim.grad_clip:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
-            grads_finite = torch.isfinite(norm)
-        elif self.scaler is None:  # (GradScaler skips a step with inf/NaN gradients itself)
-            grads_finite = _grads_finite(self.optimizer)
+        if self.scaler is None:  # (a GradScaler skips a step with inf/NaN gradients itself)
+            grads_finite = torch.isfinite(norm) if norm is not None else _grads_finite(self.optimizer)
         # checked after the backward pass, so that loss and gradient share the step's one host sync
         try:
-            finite = self._check_finite(total, out, grads_finite if self.scaler is None else None)
+            finite = self._check_finite(total, out, grads_finite)
         except NonFiniteLossError:
             self._discard_step(buffers, saved)
             raise
