@@ -222,17 +222,31 @@ def ensure_standin_weights(path: Path, backbone: str, source: Path, mean, std, c
     set to ``1/sqrt(L)``, ``L`` the number of residual blocks (33 in ResNet-101), so that the L unit-
     variance branches add up to a bounded variance instead of one that grows with depth (the idea of
     zero-init-residual / Fixup, without freezing the branches at zero). Measured (version 1 had
-    unit scales): ResNet-101 on 256-pixel source crops, feature RMS at ``layer3`` 47 -> 2.9, logit std
-    of the DeepLabV2 head 30 -> 3.5, cross-entropy at initialisation 35 -> 5.7; with unit scales the
-    2-step AdvEnt warm-up reached a source CE of 1300 (from 17) and CPSL stage 1 started from it
-    overflowed at its second step. A real ImageNet file has its own scales; this only keeps the
+    unit scales; ``benchmarks/standin_scale.py``, ``benchmarks/results/standin_scale.md``): ResNet-101
+    on a 256-pixel source crop, feature RMS at ``layer3`` 9.9 -> 1.8, logit std of the DeepLabV2 head
+    7.1 -> 2.4, cross-entropy against random labels 11.5 -> 5.3 (ln 19 = 2.9); with unit scales the
+    full-scale 2-step AdvEnt warm-up reached a source CE of 1300 (from 17) and CPSL stage 1 started
+    from it overflowed at its second step. A real ImageNet file has its own scales; this only keeps the
     check's random network in a numerically sane range. ``STANDIN_VERSION`` is in the cached name."""
     if path.is_file():
         return path
-    import numpy as np
     import torch
 
     from balda.core.atomic import atomic_write
+
+    state = standin_backbone(backbone, source, mean, std, crop).state_dict()
+    atomic_write(path, lambda f: torch.save(state, f))
+    return path
+
+
+def standin_backbone(backbone: str, source: Path, mean, std, crop: int = 512, branch_scale: float | None = None):
+    """The network of :func:`ensure_standin_weights`: a random ResNet ``backbone`` (seed 0) whose
+    residual branches end in a BatchNorm scale ``branch_scale`` (default ``1/sqrt(blocks)``; 1 was
+    version 1) and whose BatchNorm statistics are those of one training-mode pass over two source
+    crops; returned in eval mode."""
+    import numpy as np
+    import torch
+
     from balda.data.io import read_image
     from balda.models.deeplabv2 import ResNetBackbone
 
@@ -243,9 +257,10 @@ def ensure_standin_weights(path: Path, backbone: str, source: Path, mean, std, c
     torch.manual_seed(0)
     net = ResNetBackbone(backbone)
     blocks = [b for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for b in layer]
+    scale = 1.0 / math.sqrt(len(blocks)) if branch_scale is None else float(branch_scale)
     for b in blocks:  # the last BatchNorm of each residual branch: bn3 (bottleneck) or bn2 (basic)
         last_bn = b.bn3 if hasattr(b, "bn3") else b.bn2
-        torch.nn.init.constant_(last_bn.weight, 1.0 / math.sqrt(len(blocks)))
+        torch.nn.init.constant_(last_bn.weight, scale)
     for m in net.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
@@ -253,9 +268,7 @@ def ensure_standin_weights(path: Path, backbone: str, source: Path, mean, std, c
     net.train()
     with torch.no_grad():
         net(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous())
-    state = net.state_dict()
-    atomic_write(path, lambda f: torch.save(state, f))
-    return path
+    return net.eval()
 
 
 def overrides_for(

@@ -224,6 +224,8 @@ def test_standin_weights_load_strictly_and_hold_the_source_batch_statistics(data
         torch.testing.assert_close(b.bn2.weight, torch.full_like(b.bn2.weight, 8**-0.5))
         torch.testing.assert_close(b.bn1.weight, torch.ones_like(b.bn1.weight))
     torch.testing.assert_close(bn.weight, torch.ones_like(bn.weight))
+    v1 = recipes.standin_backbone("resnet18", src, mean, std, crop=48, branch_scale=1.0)  # version 1's scales
+    assert not v1.training and all(torch.equal(b.bn2.weight, torch.ones_like(b.bn2.weight)) for b in v1.layer4)
 
 
 def test_max_batch_caps_the_batch_and_the_row_says_so(data, tmp_path):
